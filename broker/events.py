@@ -1,0 +1,89 @@
+"""The event model and its wire encodings.
+
+An event is stored msgpack-encoded; every transport sends JSON. The conversion and each wire
+encoding happen at most once per event, however many subscribers receive it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Final, Literal
+
+import msgpack
+
+EventType = Literal["message", "end", "error"]
+TERMINAL_TYPES: Final = frozenset({"end", "error"})
+
+_EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+
+
+def parse_event_id(value: str) -> tuple[int, int]:
+    """Split a `<ms>-<seq>` id into a sortable tuple; ValueError when malformed."""
+    match = _EVENT_ID.match(value)
+    if match is None:
+        raise ValueError(f"not an event id: {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def pack(value: Any) -> bytes:
+    """Encode a JSON value for storage. Raises ValueError for values msgpack cannot hold."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (OverflowError, TypeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def unpack(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, raw=False)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Event:
+    """One stored event, with lazily built and cached wire encodings."""
+
+    __slots__ = ("_data_json", "_sse", "_ws", "id", "key", "payload", "type")
+
+    def __init__(self, id: str, type: EventType, payload: bytes) -> None:
+        self.id = id
+        self.type: EventType = type
+        self.payload = payload  # msgpack bytes as stored
+        self.key = parse_event_id(id)
+        self._data_json: str | None = None
+        self._sse: bytes | None = None
+        self._ws: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    @property
+    def data(self) -> Any:
+        return unpack(self.payload)
+
+    @property
+    def data_json(self) -> str:
+        if self._data_json is None:
+            self._data_json = dumps(self.data)
+        return self._data_json
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = f"id: {self.id}\nevent: {self.type}\ndata: {self.data_json}\n\n".encode()
+        return self._sse
+
+    @property
+    def ws(self) -> str:
+        if self._ws is None:
+            self._ws = f'{{"type":"{self.type}","id":"{self.id}","data":{self.data_json}}}'
+        return self._ws
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "data": self.data}
+
+    def __repr__(self) -> str:
+        return f"Event({self.id!r}, {self.type!r})"
