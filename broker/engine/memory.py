@@ -1,0 +1,222 @@
+"""The embedded engine: channels held in this process, same semantics as the Redis engine.
+
+For a single broker process with no Redis. Nothing survives a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from broker.engine.base import (
+    AppendResult,
+    ChannelEnded,
+    ChannelExists,
+    ChannelInfo,
+    ChannelNotFound,
+    Deliver,
+    Engine,
+    Limits,
+    ReadResult,
+)
+from broker.events import Event, EventType, parse_event_id
+
+SWEEP_INTERVAL = 1.0  # seconds between expiry sweeps
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _Channel:
+    id: str
+    created_at: int
+    updated_at: int
+    expires_at: float  # time.monotonic() deadline
+    events: deque[Event]
+    state: str = "open"
+    count: int = 0
+    last_ms: int = 0
+    last_seq: int = -1
+    dropped_until: tuple[int, int] | None = None  # key of the newest event dropped by trimming
+    writers: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+
+    @property
+    def last_event_id(self) -> str | None:
+        return self.events[-1].id if self.events else None
+
+    def next_id(self) -> str:
+        # Same scheme as Redis Streams: milliseconds, then a sequence within the millisecond.
+        now = _now_ms()
+        if now > self.last_ms:
+            self.last_ms, self.last_seq = now, 0
+        else:
+            self.last_seq += 1
+        return f"{self.last_ms}-{self.last_seq}"
+
+
+class MemoryEngine(Engine):
+    name = "memory"
+
+    def __init__(self, limits: Limits) -> None:
+        super().__init__(limits)
+        self._channels: dict[str, _Channel] = {}
+        self._watched: set[str] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        await super().start(deliver)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-engine-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    def _get(self, channel_id: str) -> _Channel | None:
+        channel = self._channels.get(channel_id)
+        if channel is not None and channel.expires_at <= time.monotonic():
+            self._drop(channel_id)
+            return None
+        return channel
+
+    def _drop(self, channel_id: str) -> None:
+        self._channels.pop(channel_id, None)
+        if channel_id in self._watched and self._deliver is not None:
+            self._deliver(channel_id, None)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for channel_id in [c.id for c in self._channels.values() if c.expires_at <= now]:
+                self._drop(channel_id)
+
+    def _info(self, channel: _Channel) -> ChannelInfo:
+        return ChannelInfo(
+            id=channel.id,
+            state=channel.state,
+            created_at=channel.created_at,
+            updated_at=channel.updated_at,
+            messages=channel.count,
+            last_event_id=channel.last_event_id,
+            ttl=max(0, int(channel.expires_at - time.monotonic())),
+        )
+
+    async def create(self, channel_id: str) -> ChannelInfo:
+        if self._get(channel_id) is not None:
+            raise ChannelExists(channel_id)
+        now = _now_ms()
+        channel = _Channel(
+            id=channel_id,
+            created_at=now,
+            updated_at=now,
+            expires_at=time.monotonic() + self.limits.idle_ttl,
+            events=deque(),
+        )
+        self._channels[channel_id] = channel
+        return self._info(channel)
+
+    async def append(
+        self,
+        channel_id: str,
+        items: Sequence[tuple[EventType, bytes]],
+        *,
+        writer: str | None = None,
+        seq: int | None = None,
+    ) -> AppendResult:
+        channel = self._get(channel_id)
+        if channel is None:
+            raise ChannelNotFound(channel_id)
+        if writer is not None and seq is not None:
+            last_seq, last_id = channel.writers.get(writer, (0, None))
+            if seq <= last_seq:
+                return AppendResult(ids=[], duplicate=True, last_event_id=last_id)
+        if channel.state != "open":
+            raise ChannelEnded(channel_id)
+        new_events = [Event(channel.next_id(), kind, payload) for kind, payload in items]
+        for event in new_events:
+            if len(channel.events) >= self.limits.max_messages:
+                channel.dropped_until = channel.events.popleft().key
+            channel.events.append(event)
+        channel.count += len(new_events)
+        channel.updated_at = _now_ms()
+        if new_events and new_events[-1].terminal:
+            channel.state = "ended"
+            channel.expires_at = time.monotonic() + self.limits.retention
+        else:
+            channel.expires_at = time.monotonic() + self.limits.idle_ttl
+        ids = [event.id for event in new_events]
+        if writer is not None and seq is not None:
+            channel.writers[writer] = (seq + len(items) - 1, channel.last_event_id)
+        if channel_id in self._watched and self._deliver is not None and new_events:
+            self._deliver(channel_id, new_events)
+        return AppendResult(ids=ids, duplicate=False, last_event_id=channel.last_event_id)
+
+    async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
+        channel = self._get(channel_id)
+        if channel is None:
+            raise ChannelNotFound(channel_id)
+        events = list(channel.events)
+        gap = None
+        if after is None:
+            position = 0
+            if channel.dropped_until is not None and events:
+                gap = events[0].id
+        else:
+            after_key = parse_event_id(after)
+            position = _first_after(events, after_key)
+            if (
+                channel.dropped_until is not None
+                and after_key < channel.dropped_until
+                and events
+            ):
+                gap = events[0].id
+        page = events[position : position + count]
+        return ReadResult(
+            events=page,
+            gap=gap,
+            ended=channel.state != "open",
+            last_event_id=channel.last_event_id,
+            more=position + count < len(events),
+        )
+
+    async def info(self, channel_id: str) -> ChannelInfo | None:
+        channel = self._get(channel_id)
+        return None if channel is None else self._info(channel)
+
+    async def delete(self, channel_id: str) -> bool:
+        if self._get(channel_id) is None:
+            return False
+        self._drop(channel_id)
+        return True
+
+    async def channels(self, limit: int = 1000) -> list[ChannelInfo]:
+        live = [c for c in list(self._channels.values()) if self._get(c.id) is not None]
+        live.sort(key=lambda c: c.created_at, reverse=True)
+        return [self._info(c) for c in live[:limit]]
+
+    async def watch(self, channel_id: str) -> None:
+        self._watched.add(channel_id)
+
+    async def unwatch(self, channel_id: str) -> None:
+        self._watched.discard(channel_id)
+
+
+def _first_after(events: Sequence[Event], key: tuple[int, int]) -> int:
+    """Index of the first event whose id is above `key` (binary search: ids are sorted)."""
+    low, high = 0, len(events)
+    while low < high:
+        middle = (low + high) // 2
+        if events[middle].key <= key:
+            low = middle + 1
+        else:
+            high = middle
+    return low
