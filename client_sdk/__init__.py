@@ -1,0 +1,53 @@
+"""Unbroken's Python client: open a channel, hand its token to a backend, read its messages.
+
+    async with open_channel("http://localhost:8080") as ch:
+        start_backend_job(ch.token)          # the channel token: the backend writes with it
+        async for data in ch:                # every message exactly once, in order
+            print(data)
+        print("final:", ch.end_data)
+
+`subscribe()` reads an existing channel; `iter_channel_sync()` does the same in plain scripts.
+"""
+
+from client_sdk.backoff import Backoff
+from client_sdk.channel import Channel, ChannelContext, create_channel, open_channel, subscribe
+from client_sdk.errors import (
+    BrokerError,
+    ChannelErrorEvent,
+    InvalidChannelReference,
+    ProtocolViolation,
+    ReconnectsExhausted,
+    TransportError,
+    UnbrokenError,
+    WatchdogTimeout,
+)
+from client_sdk.ids import is_after, parse_event_id
+from client_sdk.models import Event, GapInfo, ReconnectInfo
+from client_sdk.sync import SyncChannelIterator, iter_channel_sync, open_channel_sync
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "BrokerError",
+    "Channel",
+    "ChannelContext",
+    "ChannelErrorEvent",
+    "Event",
+    "GapInfo",
+    "InvalidChannelReference",
+    "ProtocolViolation",
+    "ReconnectInfo",
+    "ReconnectsExhausted",
+    "SyncChannelIterator",
+    "TransportError",
+    "UnbrokenError",
+    "WatchdogTimeout",
+    "create_channel",
+    "is_after",
+    "iter_channel_sync",
+    "open_channel",
+    "open_channel_sync",
+    "parse_event_id",
+    "subscribe",
+]

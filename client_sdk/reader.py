@@ -1,0 +1,173 @@
+"""The reconnecting reader: resume by last event id, dedupe, backoff, transport fallback.
+
+One `Reader` follows one channel across any number of connections. It remembers the id of the
+last event it handed out and resumes after it, so a reconnect (or a switch of transport) neither
+loses nor repeats an event; an event whose id is not after that position is a duplicate and is
+dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from typing import Final, Literal
+
+import aiohttp
+
+from client_sdk.backoff import Backoff
+from client_sdk.errors import (
+    BrokerError,
+    ChannelErrorEvent,
+    ReconnectsExhausted,
+    TransportError,
+)
+from client_sdk.ids import is_after
+from client_sdk.models import Control, Event, GapInfo, ReconnectInfo
+from client_sdk.transports import AUTO_ORDER, TRANSPORTS, Target, Timing
+
+log = logging.getLogger("client_sdk")
+
+TransportName = Literal["auto", "sse", "ws", "poll", "chunked"]
+TRANSPORT_NAMES: Final[tuple[str, ...]] = ("auto", *TRANSPORTS)
+
+OnReconnect = Callable[[ReconnectInfo], None]
+OnGap = Callable[[GapInfo], None]
+
+
+class Reader:
+    """Reads one channel until its `end` (returns) or `error` (raises ChannelErrorEvent).
+
+    `events()` may be called again after the caller stopped iterating: it resumes after the
+    last event it yielded.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        *,
+        transport: TransportName | str = "auto",
+        last_event_id: str | None = None,
+        timing: Timing,
+        backoff: Backoff | None = None,
+        max_retries: int | None = None,
+        on_reconnect: OnReconnect | None = None,
+        on_gap: OnGap | None = None,
+    ) -> None:
+        if transport not in TRANSPORT_NAMES:
+            raise ValueError(f"unknown transport {transport!r}; use one of {TRANSPORT_NAMES}")
+        self._session = session
+        self._target = target
+        self._candidates: Sequence[str] = AUTO_ORDER if transport == "auto" else (transport,)
+        self._index = 0
+        self._timing = timing
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._max_retries = max_retries
+        self._on_reconnect = on_reconnect
+        self._on_gap = on_gap
+        self.last_event_id = last_event_id
+        self.ended = False
+        self.end_data: object = None
+        self.error: ChannelErrorEvent | None = None
+        self.reconnects = 0
+        self.gaps: list[GapInfo] = []
+
+    @property
+    def transport(self) -> str:
+        """The transport in use (or about to be tried)."""
+        return self._candidates[self._index]
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Message events, each exactly once and in order, until the channel ends."""
+        if self.error is not None:
+            raise self.error
+        failures = 0  # consecutive attempts that delivered nothing
+        switched_in_streak = 0  # transports tried without success since the last progress
+        loop = asyncio.get_running_loop()
+        while not self.ended:
+            name = self.transport
+            progressed = False
+            broker_asked: str | None = None
+            error: BaseException | None = None
+            started = loop.time()
+            try:
+                frames = TRANSPORTS[name].frames(
+                    self._session, self._target, self.last_event_id, self._timing
+                )
+                async with aclosing(frames) as stream:
+                    async for frame in stream:
+                        progressed = True
+                        if isinstance(frame, Event):
+                            if not is_after(frame.id, self.last_event_id):
+                                continue  # already delivered (replay overlap or a duplicate)
+                            self.last_event_id = frame.id
+                            if frame.type == "message":
+                                yield frame
+                            elif frame.type == "end":
+                                self.ended, self.end_data = True, frame.data
+                                return
+                            else:
+                                self.ended = True
+                                self.error = ChannelErrorEvent(frame.data, frame.id)
+                                raise self.error
+                        elif frame.type == "ended":
+                            self.ended = True
+                            return
+                        elif frame.type == "gap":
+                            self._gap(frame)
+                        elif frame.type == "reconnect":
+                            broker_asked = frame.value or "unspecified"
+                            break
+            except BrokerError as exc:
+                if not exc.retriable:
+                    raise
+                error = exc
+            except TransportError as exc:
+                error = exc
+                if exc.before_first_byte and len(self._candidates) > 1:
+                    # Blocked or unsupported on this path: try the next transport.
+                    self._index = (self._index + 1) % len(self._candidates)
+                    switched_in_streak += 1
+            # A connection that stayed up for a while was healthy even if it carried nothing.
+            if progressed or loop.time() - started >= self._timing.idle_timeout:
+                failures = 0
+                switched_in_streak = 0
+                self._backoff.reset()
+            elif broker_asked is None:
+                failures += 1
+            if self._max_retries is not None and failures > self._max_retries:
+                raise ReconnectsExhausted(failures, error)
+            if broker_asked is not None:
+                delay = 0.0  # the protocol says: reconnect at once with the last id
+                reason = f"broker asked to reconnect ({broker_asked})"
+            elif error is not None and 0 < switched_in_streak < len(self._candidates):
+                delay = 0.0  # fall back to the next transport without waiting
+                reason = f"{error}; trying {self.transport}"
+            else:
+                delay = self._backoff.next_delay()
+                if isinstance(error, BrokerError) and error.retry_after is not None:
+                    delay = max(delay, error.retry_after)
+                reason = str(error) if error is not None else f"{name}: stream closed"
+            self.reconnects += 1
+            info = ReconnectInfo(
+                attempt=max(failures, 1),
+                delay=delay,
+                reason=reason,
+                transport=self.transport,
+                last_event_id=self.last_event_id,
+                error=error,
+            )
+            log.info("reconnecting in %.2fs: %s", delay, reason)
+            if self._on_reconnect is not None:
+                self._on_reconnect(info)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    def _gap(self, frame: Control) -> None:
+        info = GapInfo(after=self.last_event_id, first_id=frame.value or "")
+        self.gaps.append(info)
+        log.warning("history lost after %s: replay starts at %s", info.after, info.first_id)
+        if self._on_gap is not None:
+            self._on_gap(info)
