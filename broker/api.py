@@ -1,0 +1,263 @@
+"""The channel API: open, write, end, error, status, delete, list, health."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from broker.auth import authorize_admin, authorize_channel, authorize_open
+from broker.context import BrokerContext, context_of
+from broker.engine.base import ChannelInfo
+from broker.errors import ApiError
+from broker.events import EventType, dumps, pack
+
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+WRITER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_SEQ = 2**53  # stays exact in JavaScript numbers
+
+
+def public_url(request: web.Request) -> str:
+    configured = context_of(request).settings.public_url
+    if configured:
+        return configured.rstrip("/")
+    scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
+    host = request.headers.get("X-Forwarded-Host", request.host)
+    return f"{scheme}://{host}"
+
+
+def channel_urls(base: str, channel_id: str) -> dict[str, str]:
+    root = f"{base}/v1/channels/{channel_id}"
+    ws_base = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
+    return {
+        "events": f"{root}/events",
+        "stream": f"{root}/stream",
+        "ws": f"{ws_base}/v1/channels/{channel_id}/ws",
+        "poll": f"{root}/poll",
+        "messages": f"{root}/messages",
+    }
+
+
+async def json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "invalid_body", "The request needs a JSON object body.")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "The body must be a JSON object.")
+    return body
+
+
+def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
+    counts = ctx.hub.counts(info.id)
+    return {
+        "id": info.id,
+        "state": info.state,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "messages": info.messages,
+        "last_event_id": info.last_event_id,
+        "expires_in": info.ttl,
+        "subscribers": {t: counts.get(t, 0) for t in ("sse", "chunked", "ws", "poll")},
+    }
+
+
+async def open_channel(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    authorize_open(request)
+    body = await json_body(request, required=False)
+    name = body.get("name")
+    if name is None:
+        channel_id = "ch_" + secrets.token_urlsafe(16)
+    elif not isinstance(name, str) or not CHANNEL_NAME.match(name):
+        raise ApiError(
+            400, "invalid_name", "A channel name is 1-128 characters of A-Z a-z 0-9 _ . : -"
+        )
+    else:
+        channel_id = name
+    await ctx.engine.create(channel_id)
+    base = public_url(request)
+    ttl = ctx.settings.token_ttl
+    write_token = ctx.keys.sign(channel_id, "write", base, ttl)
+    payload = {
+        "id": channel_id,
+        "state": "open",
+        "read_token": ctx.keys.sign(channel_id, "read", base, ttl),
+        "channel_token": {
+            "unbroken": 1,
+            "broker": base,
+            "channel": channel_id,
+            "token": write_token,
+        },
+        "expires_in": ctx.settings.limits.idle_ttl,
+        "heartbeat": ctx.settings.heartbeat,
+        "urls": channel_urls(base, channel_id),
+    }
+    return web.json_response(payload, status=201)
+
+
+async def channel_status(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "read")
+    info = await ctx.engine.info(channel_id)
+    if info is None:
+        raise gone_or_missing(request, channel_id)
+    return web.json_response(info_json(ctx, info))
+
+
+async def delete_channel(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "write")
+    if not await ctx.engine.delete(channel_id):
+        raise gone_or_missing(request, channel_id)
+    return web.Response(status=204)
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    authorize_admin(request)
+    try:
+        limit = min(10_000, max(1, int(request.query.get("limit", "1000"))))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 10000.") from exc
+    infos = await ctx.engine.channels(limit)
+    return web.json_response({"channels": [info_json(ctx, info) for info in infos]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    status = "draining" if ctx.draining else "ok"
+    return web.json_response(
+        {"status": status, "engine": ctx.engine.name}, status=503 if ctx.draining else 200
+    )
+
+
+def gone_or_missing(request: web.Request, channel_id: str) -> ApiError:
+    # A valid channel token proves the channel existed, so its absence means it expired or was
+    # deleted; only admin requests can ask about ids that never existed.
+    if authorize_channel(request, channel_id, "read") is None:
+        return ApiError(404, "channel_not_found", f"There is no channel {channel_id}.")
+    return ApiError(410, "channel_gone", f"Channel {channel_id} has expired or was deleted.")
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _writer_and_seq(request: web.Request, body: dict[str, Any]) -> tuple[str | None, int | None]:
+    key = request.headers.get("Idempotency-Key")
+    writer = body.get("writer", request.headers.get("Unbroken-Writer"))
+    seq_raw = body.get("seq", request.headers.get("Unbroken-Seq"))
+    if key is not None and writer is None:
+        if not 0 < len(key) <= 200:
+            raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters.")
+        return "key:" + key, 1
+    if writer is None and seq_raw is None:
+        return None, None
+    if not isinstance(writer, str) or not WRITER_ID.match(writer):
+        raise ApiError(
+            400, "invalid_writer", "writer must be 1-128 characters of A-Z a-z 0-9 _ . : - with a seq."
+        )
+    try:
+        seq = int(seq_raw) if not isinstance(seq_raw, bool) else -1
+    except (TypeError, ValueError):
+        seq = -1
+    if not 1 <= seq <= MAX_SEQ or (isinstance(seq_raw, float) and not seq_raw.is_integer()):
+        raise ApiError(400, "invalid_seq", "seq must be an integer from 1 to 2^53 numbering the writer's requests.")
+    return writer, seq
+
+
+def _encode(ctx: BrokerContext, value: Any, raw_size: int) -> bytes:
+    limit = ctx.settings.max_message_bytes
+    # The whole body bounds every message in it, so most requests skip measuring each one.
+    if raw_size > limit and len(dumps(value).encode()) > limit:
+        raise ApiError(
+            413, "message_too_large", f"A message is over {limit} bytes as JSON; split it up."
+        )
+    try:
+        return pack(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_body", f"The message cannot be stored: {exc}.") from exc
+
+
+async def _append(
+    request: web.Request, items: list[tuple[EventType, bytes]], body: dict[str, Any]
+) -> web.Response:
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    writer, seq = _writer_and_seq(request, body)
+    result = await ctx.engine.append(channel_id, items, writer=writer, seq=seq)
+    return web.json_response(
+        {"ids": result.ids, "duplicate": result.duplicate, "last_event_id": result.last_event_id},
+        status=200 if result.duplicate else 201,
+    )
+
+
+async def write_messages(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "write")
+    body = await json_body(request, required=True)
+    size = request.content_length or 0
+    if "messages" in body:
+        messages = body["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "invalid_body", "'messages' must be a non-empty array.")
+        items: list[tuple[EventType, bytes]] = [("message", _encode(ctx, m, size)) for m in messages]
+    elif "data" in body:
+        items = [("message", _encode(ctx, body["data"], size))]
+    else:
+        raise ApiError(400, "invalid_body", "Send {\"data\": <json>} or {\"messages\": [<json>, …]}.")
+    return await _append(request, items, body)
+
+
+async def end_channel(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "write")
+    body = await json_body(request, required=False)
+    payload = _encode(ctx, body.get("data"), request.content_length or 0)
+    return await _append(request, [("end", payload)], body)
+
+
+async def error_channel(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "write")
+    body = await json_body(request, required=False)
+    data = body.get("data", {"message": "The backend reported an error."})
+    payload = _encode(ctx, data, request.content_length or 0)
+    return await _append(request, [("error", payload)], body)
+
+
+async def inspect_channel(request: web.Request) -> web.Response:
+    """Admin view of one channel: its state and its latest events."""
+    ctx = context_of(request)
+    authorize_admin(request)
+    channel_id = request.match_info["channel_id"]
+    info = await ctx.engine.info(channel_id)
+    if info is None:
+        raise ApiError(404, "channel_not_found", f"There is no channel {channel_id}.")
+    try:
+        tail = min(1000, max(0, int(request.query.get("tail", "20"))))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_tail", "tail must be an integer from 0 to 1000.") from exc
+    events: list[dict[str, Any]] = []
+    after: str | None = None
+    while tail:  # bounded by max_messages; an admin view, not a hot path
+        page = await ctx.engine.read(channel_id, after, 1000)
+        events.extend(event.as_dict() for event in page.events)
+        events = events[-tail:]
+        if not page.more or not page.events:
+            break
+        after = page.events[-1].id
+    return web.json_response({**info_json(ctx, info), "events": events})

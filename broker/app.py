@@ -1,0 +1,103 @@
+"""The aiohttp application: routes, CORS, and the lifecycle of engine and hub."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from broker import api
+from broker.config import Settings
+from broker.context import CONTEXT, BrokerContext, OpenRateLimiter
+from broker.engine.base import Engine
+from broker.errors import error_middleware
+from broker.hub import Hub
+from broker.tokens import KeyRing
+from broker.transports import poll, sse, ws
+
+log = logging.getLogger("unbroken")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": (
+        "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, Unbroken-Writer, Unbroken-Seq"
+    ),
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def create_engine(settings: Settings) -> Engine:
+    if settings.engine == "redis":
+        from broker.engine.redis import RedisEngine
+
+        return RedisEngine(settings.limits, url=settings.redis_url, prefix=settings.redis_prefix)
+    from broker.engine.memory import MemoryEngine
+
+    return MemoryEngine(settings.limits)
+
+
+def key_ring(settings: Settings) -> KeyRing:
+    if settings.secret:
+        return KeyRing.parse(settings.secret)
+    log.warning(
+        "no UNBROKEN_SECRET set: tokens are signed with a random key and die with this process"
+    )
+    return KeyRing({"dev": secrets.token_bytes(32)})
+
+
+@web.middleware
+async def _preflight(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # Answered before routing, so unknown paths still get 404 for other methods.
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return web.Response(status=204)
+    return await handler(request)
+
+
+async def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in CORS_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    settings.validate()
+    app = web.Application(middlewares=[_preflight, error_middleware], client_max_size=settings.max_body_bytes)
+    engine = engine or create_engine(settings)
+    hub = Hub(engine, settings.max_pending_bytes)
+    app[CONTEXT] = BrokerContext(
+        settings=settings,
+        engine=engine,
+        hub=hub,
+        keys=key_ring(settings),
+        open_limiter=OpenRateLimiter(settings.open_rate, settings.open_burst),
+    )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await hub.start()
+        yield
+        await hub.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(_add_cors)
+    app.router.add_routes(
+        [
+            web.get("/healthz", api.healthz),
+            web.post("/v1/channels", api.open_channel),
+            web.get("/v1/channels", api.list_channels),
+            web.get("/v1/channels/{channel_id}", api.channel_status),
+            web.get("/v1/admin/channels/{channel_id}", api.inspect_channel),
+            web.delete("/v1/channels/{channel_id}", api.delete_channel),
+            web.post("/v1/channels/{channel_id}/messages", api.write_messages),
+            web.post("/v1/channels/{channel_id}/end", api.end_channel),
+            web.post("/v1/channels/{channel_id}/error", api.error_channel),
+            web.get("/v1/channels/{channel_id}/events", sse.events),
+            web.get("/v1/channels/{channel_id}/stream", sse.stream),
+            web.get("/v1/channels/{channel_id}/ws", ws.websocket),
+            web.get("/v1/channels/{channel_id}/poll", poll.poll),
+        ]
+    )
+    return app

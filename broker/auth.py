@@ -1,0 +1,87 @@
+"""Who may do what: channel tokens, the admin token and the open policy."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from broker.context import BrokerContext, context_of
+from broker.errors import ApiError
+from broker.tokens import Claims, Scope, TokenError
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token from `Authorization: Bearer …`, else from the `token` query parameter."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query.get("token") or None
+
+
+def is_admin(ctx: BrokerContext, token: str | None) -> bool:
+    admin = ctx.settings.admin_token
+    return bool(admin) and token is not None and hmac.compare_digest(token, admin)
+
+
+def authorize_channel(request: web.Request, channel_id: str, scope: Scope) -> Claims | None:
+    """Check the request may use `scope` on `channel_id`. None means: admin access."""
+    ctx = context_of(request)
+    token = bearer_token(request)
+    if is_admin(ctx, token):
+        return None
+    if token is None:
+        raise ApiError(
+            401,
+            "token_missing",
+            "Send the channel's token as 'Authorization: Bearer <token>' or '?token=<token>'.",
+        )
+    try:
+        return ctx.keys.authorize(token, channel_id, scope)
+    except TokenError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+
+
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+def authorize_admin(request: web.Request) -> None:
+    """Admin routes need the admin token; without one configured, only loopback clients pass."""
+    ctx = context_of(request)
+    if not ctx.settings.admin_token:
+        if (request.remote or "").startswith(LOOPBACK):
+            return
+        raise ApiError(
+            403,
+            "admin_disabled",
+            "Admin routes answer only loopback clients until UNBROKEN_ADMIN_TOKEN is set.",
+        )
+    token = bearer_token(request)
+    if token is None:
+        raise ApiError(401, "token_missing", "This route needs the admin token (UNBROKEN_ADMIN_TOKEN).")
+    if not is_admin(ctx, token):
+        raise ApiError(403, "admin_token_invalid", "The admin token is wrong.")
+
+
+def authorize_open(request: web.Request) -> None:
+    """Apply the open policy: an app key, or a per-address rate limit."""
+    ctx = context_of(request)
+    if ctx.settings.open_policy == "key":
+        token = bearer_token(request)
+        if token is None:
+            raise ApiError(
+                401, "app_key_required", "Opening a channel needs 'Authorization: Bearer <app key>'."
+            )
+        if not any(hmac.compare_digest(token, key) for key in ctx.settings.app_keys):
+            raise ApiError(403, "app_key_invalid", "The app key is not one this broker accepts.")
+        return
+    address = request.remote or "unknown"
+    wait = ctx.open_limiter.retry_after(address)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many channels opened from {address}; retry in {wait:.1f} s.",
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )

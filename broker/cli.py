@@ -1,0 +1,204 @@
+"""`python -m broker serve | channels | inspect`: settings from flags over UNBROKEN_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from aiohttp import web
+
+from broker.app import create_app
+from broker.config import Settings, settings_from_env
+from broker.logs import configure_logging
+
+log = logging.getLogger("unbroken")
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("--host", help="address to bind (UNBROKEN_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (UNBROKEN_PORT, default 8080)")
+    serve.add_argument("--engine", choices=["memory", "redis"], help="UNBROKEN_ENGINE")
+    serve.add_argument("--redis", dest="redis_url", help="Redis URL; implies --engine redis")
+    serve.add_argument("--redis-prefix", help="key prefix (UNBROKEN_REDIS_PREFIX)")
+    serve.add_argument("--secret", help="kid:secret[,kid:secret] key ring (UNBROKEN_SECRET)")
+    serve.add_argument("--public-url", help="base URL written into tokens")
+    serve.add_argument("--open-policy", choices=["open", "key"], help="who may open channels")
+    serve.add_argument("--app-key", dest="app_keys", action="append", help="accepted app key")
+    serve.add_argument("--admin-token", help="token for admin routes")
+    serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats (15)")
+    serve.add_argument("--idle-ttl", type=int, help="seconds an unwritten open channel lives")
+    serve.add_argument("--retention", type=int, help="seconds an ended channel stays readable")
+    serve.add_argument("--max-messages", type=int, help="events kept per channel")
+    serve.add_argument("--max-message-bytes", type=int, help="largest message, as JSON")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (redis engine)")
+    serve.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    serve.add_argument("--log-level", help="debug | info | warning | error")
+
+
+def _client_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    channels = sub.add_parser("channels", help="list live channels of a running broker")
+    inspect = sub.add_parser("inspect", help="show a channel's state and latest events")
+    inspect.add_argument("channel")
+    inspect.add_argument("--tail", type=int, default=20, help="how many latest events to show")
+    for parser in (channels, inspect):
+        parser.add_argument(
+            "--broker",
+            default=os.environ.get("UNBROKEN_URL", "http://127.0.0.1:8080"),
+            help="the broker's URL (UNBROKEN_URL)",
+        )
+        parser.add_argument(
+            "--admin-token",
+            default=os.environ.get("UNBROKEN_ADMIN_TOKEN", ""),
+            help="admin token (UNBROKEN_ADMIN_TOKEN)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m broker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _client_parser(sub)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values = {
+        name: getattr(args, name)
+        for name in (
+            "host", "port", "engine", "redis_url", "redis_prefix", "secret", "public_url",
+            "open_policy", "admin_token", "heartbeat", "idle_ttl", "retention", "max_messages",
+            "max_message_bytes", "workers", "log_json", "log_level",
+        )
+    }
+    if args.app_keys:
+        values["app_keys"] = tuple(args.app_keys)
+    if args.redis_url and not args.engine:
+        values["engine"] = "redis"
+    return settings_from_env().with_overrides(**values)
+
+
+def _run_process(settings: Settings, sock: socket.socket | None) -> None:
+    configure_logging(settings.log_json, settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional on platforms without it
+        pass
+    app = create_app(settings)
+    log.info(
+        "unbroken broker on http://%s:%s (engine %s, pid %s)",
+        settings.host, settings.port, settings.engine, os.getpid(),
+    )
+    web.run_app(
+        app,
+        sock=sock,
+        host=None if sock else settings.host,
+        port=None if sock else settings.port,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_timeout,
+        print=None,
+        access_log=None,
+    )
+
+
+def _reuse_port_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings) -> int:
+    try:
+        settings.validate()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if settings.workers <= 1:
+        _run_process(settings, None)
+        return 0
+    # Each worker binds its own SO_REUSEPORT socket; the kernel spreads connections over them.
+    processes = [
+        multiprocessing.get_context("spawn").Process(
+            target=_worker_main, args=(settings,), name=f"unbroken-worker-{n}"
+        )
+        for n in range(settings.workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()
+    return 0
+
+
+def _worker_main(settings: Settings) -> None:
+    _run_process(settings, _reuse_port_socket(settings))
+
+
+def _admin_get(broker: str, path: str, token: str) -> Any:
+    request = urllib.request.Request(broker.rstrip("/") + path)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.load(exc)["error"]
+            message = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {exc.code}"
+        raise SystemExit(f"error: {message}") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(
+            f"error: cannot reach the broker at {broker} ({exc.reason}); is it running? "
+            "Pass --broker or set UNBROKEN_URL."
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        try:
+            return serve(settings_from_args(args))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "channels":
+        listing = _admin_get(args.broker, "/v1/channels", args.admin_token)
+        for info in listing["channels"]:
+            print(
+                f"{info['id']}\t{info['state']}\t{info['messages']} messages\t"
+                f"last {info['last_event_id']}"
+            )
+        return 0
+    if args.command == "inspect":
+        detail = _admin_get(
+            args.broker, f"/v1/admin/channels/{args.channel}?tail={args.tail}", args.admin_token
+        )
+        print(json.dumps(detail, indent=2, ensure_ascii=False))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Broker settings: one frozen dataclass, filled from flags and UNBROKEN_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from broker.engine.base import Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    engine: str = "memory"  # "memory" | "redis"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "unbroken"
+    # Key ring spec "kid:secret,kid2:secret2". Empty: a random secret per start (dev only).
+    secret: str = ""
+    public_url: str = ""  # base URL put into tokens; empty: derived from each request
+    open_policy: str = "open"  # "open" (rate-limited per client) | "key"
+    app_keys: tuple[str, ...] = ()
+    admin_token: str = ""
+    open_rate: float = 5.0  # channel opens per second per client address under "open"
+    open_burst: int = 50
+    heartbeat: float = 15.0
+    token_ttl: int = 86_400
+    limits: Limits = field(default_factory=Limits)
+    max_message_bytes: int = 256 * 1024
+    max_body_bytes: int = 1024 * 1024
+    max_pending_bytes: int = 1024 * 1024  # per subscriber, beyond that it is disconnected
+    workers: int = 1
+    log_json: bool = False
+    log_level: str = "info"
+    shutdown_timeout: float = 10.0
+
+    def with_overrides(self, **values: Any) -> Settings:
+        limit_names = {f.name for f in fields(Limits)}
+        limit_values = {k: values.pop(k) for k in list(values) if k in limit_names}
+        settings = replace(self, **{k: v for k, v in values.items() if v is not None})
+        if limit_values := {k: v for k, v in limit_values.items() if v is not None}:
+            settings = replace(settings, limits=replace(settings.limits, **limit_values))
+        return settings
+
+    def validate(self) -> None:
+        if self.engine not in ("memory", "redis"):
+            raise ValueError(f"engine must be 'memory' or 'redis', not {self.engine!r}")
+        if self.open_policy not in ("open", "key"):
+            raise ValueError(f"open policy must be 'open' or 'key', not {self.open_policy!r}")
+        if self.open_policy == "key" and not self.app_keys:
+            raise ValueError("the 'key' open policy needs at least one app key (UNBROKEN_APP_KEYS)")
+        if self.workers > 1 and self.engine != "redis":
+            raise ValueError("several workers need the redis engine (they share no memory)")
+        if self.workers > 1 and not self.secret:
+            raise ValueError("several workers need a shared secret (UNBROKEN_SECRET)")
+
+
+_ENV_CASTS: dict[str, Any] = {
+    "host": str, "port": int, "engine": str, "redis_url": str, "redis_prefix": str,
+    "secret": str, "public_url": str, "open_policy": str, "admin_token": str,
+    "open_rate": float, "open_burst": int, "heartbeat": float, "token_ttl": int,
+    "max_message_bytes": int, "max_body_bytes": int, "max_pending_bytes": int, "workers": int,
+    "log_level": str, "shutdown_timeout": float,
+    "idle_ttl": int, "retention": int, "max_messages": int,
+}
+
+
+def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
+    values: dict[str, Any] = {}
+    for name, cast in _ENV_CASTS.items():
+        raw = environ.get(f"UNBROKEN_{name.upper()}")
+        if raw is not None and raw != "":
+            try:
+                values[name] = cast(raw)
+            except ValueError as exc:
+                raise ValueError(f"UNBROKEN_{name.upper()}={raw!r}: {exc}") from exc
+    if keys := environ.get("UNBROKEN_APP_KEYS"):
+        values["app_keys"] = tuple(k.strip() for k in keys.split(",") if k.strip())
+    if environ.get("UNBROKEN_LOG_JSON", "").lower() in ("1", "true", "yes"):
+        values["log_json"] = True
+    return Settings().with_overrides(**values)

@@ -1,0 +1,87 @@
+-- Append a batch of events to one channel, atomically. See docs/redis-layout.md.
+--
+-- KEYS[1] events stream, KEYS[2] meta hash, KEYS[3] writers hash (all in one hash slot)
+-- ARGV[1] pub/sub channel for live delivery
+-- ARGV[2] now, ms since the epoch (updated_at)
+-- ARGV[3] writer id, '' for none (no dedup)
+-- ARGV[4] the batch's first seq, ARGV[5] its last seq (first + n - 1, computed by the caller so
+--         that Lua never formats a large number as a float)
+-- ARGV[6], ARGV[7], ... pairs of (type, msgpack data); only the last may be end/error
+--
+-- Returns {'ok', last_id, id1, id2, ...} | {'duplicate', last_id_of_writer} | {'not_found'}
+-- | {'ended'}. last_id is '' when the channel holds no event.
+
+local events, meta, writers = KEYS[1], KEYS[2], KEYS[3]
+local live, now, writer = ARGV[1], ARGV[2], ARGV[3]
+
+local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'retention', 'max_messages', 'last_id')
+if not m[1] then
+  return {'not_found'}
+end
+
+-- Dedup before the state check: a writer retrying its terminal write after the channel ended
+-- must get its original answer, not an error.
+if writer ~= '' then
+  local stored = redis.call('HGET', writers, writer)
+  if stored then
+    local space = string.find(stored, ' ', 1, true)
+    if tonumber(ARGV[4]) <= tonumber(string.sub(stored, 1, space - 1)) then
+      return {'duplicate', string.sub(stored, space + 1)}
+    end
+  end
+end
+
+if m[1] ~= 'open' then
+  return {'ended'}
+end
+
+local result = {'ok', ''}
+local last_id = m[5] or ''
+local kinds = {}
+local terminal = false
+local n = (#ARGV - 5) / 2
+for i = 1, n do
+  local kind = ARGV[4 + 2 * i]
+  local id = redis.call('XADD', events, '*', 'type', kind, 'data', ARGV[5 + 2 * i])
+  result[i + 2] = id
+  kinds[i] = kind
+  last_id = id
+  if kind ~= 'message' then
+    terminal = true
+  end
+end
+
+-- Exact trimming (not MAXLEN ~): a reader must be able to tell precisely what it missed, so the
+-- id of the newest dropped entry is kept in meta as dropped_until.
+local max_messages = tonumber(m[4])
+local length = redis.call('XLEN', events)
+if max_messages and length > max_messages then
+  local dropped = redis.call('XRANGE', events, '-', '+', 'COUNT', length - max_messages)
+  redis.call('HSET', meta, 'dropped_until', dropped[#dropped][1])
+  redis.call('XTRIM', events, 'MAXLEN', max_messages)
+end
+
+redis.call('HSET', meta, 'updated_at', now, 'last_id', last_id)
+redis.call('HINCRBY', meta, 'count', n)
+local ttl
+if terminal then
+  redis.call('HSET', meta, 'state', 'ended')
+  ttl = tonumber(m[3])
+else
+  ttl = tonumber(m[2])
+end
+if writer ~= '' then
+  redis.call('HSET', writers, writer, ARGV[5] .. ' ' .. last_id)
+end
+-- All keys of a channel expire together; a key that does not exist yet (no event, no writer)
+-- is simply skipped by PEXPIRE.
+redis.call('PEXPIRE', meta, ttl * 1000)
+redis.call('PEXPIRE', events, ttl * 1000)
+redis.call('PEXPIRE', writers, ttl * 1000)
+
+for i = 1, n do
+  redis.call('PUBLISH', live, result[i + 2] .. '\n' .. kinds[i] .. '\n' .. ARGV[5 + 2 * i])
+end
+
+result[2] = last_id
+return result

@@ -1,0 +1,200 @@
+"""The relay's fan-out: the engine hands each new event to the hub once; the hub queues that same
+object (with its cached encodings) for every local subscriber of the channel.
+
+A subscriber is one connected reader. Its queue is bounded by bytes: a reader whose socket does
+not drain is disconnected (it resumes from its last id) instead of growing the broker's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Sequence
+
+from broker.engine.base import Engine
+from broker.events import Event
+
+log = logging.getLogger("unbroken.hub")
+
+EXPIRY_CHECK_INTERVAL = 30.0  # seconds between checks that watched channels still exist
+
+
+class Closed(Exception):
+    """The subscriber must stop: `reason` is gone | slow_consumer | shutdown."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscriber:
+    __slots__ = (
+        "_queue", "_waiter", "channel_id", "closed", "last_key", "max_pending", "pending",
+        "transport",
+    )
+
+    def __init__(self, channel_id: str, transport: str, max_pending: int) -> None:
+        self.channel_id = channel_id
+        self.transport = transport
+        self.max_pending = max_pending
+        self.last_key: tuple[int, int] = (-1, -1)  # newest id handed to this reader
+        self.pending = 0  # bytes queued, measured on the SSE encoding
+        self.closed: str | None = None
+        self._queue: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, events: Sequence[Event]) -> None:
+        if self.closed is not None:
+            return
+        for event in events:
+            self._queue.append(event)
+            self.pending += len(event.sse)
+        if self.pending > self.max_pending:
+            self.close("slow_consumer")
+        else:
+            self._wake()
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+            self._queue.clear()
+            self.pending = 0
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def seen(self, event: Event) -> None:
+        """Record an event handed over outside the queue (during replay)."""
+        if event.key > self.last_key:
+            self.last_key = event.key
+
+    def take(self, limit: int = 10_000) -> list[Event]:
+        """Queued events not yet handed over, oldest first (replay overlap is dropped here)."""
+        if self.closed is not None:
+            raise Closed(self.closed)
+        batch: list[Event] = []
+        queue = self._queue
+        while queue and len(batch) < limit:
+            event = queue.popleft()
+            self.pending -= len(event.sse)
+            if event.key > self.last_key:
+                self.last_key = event.key
+                batch.append(event)
+        return batch
+
+    async def next_batch(self, timeout: float | None) -> list[Event]:
+        """Wait for new events; [] when `timeout` passed first. Raises Closed."""
+        batch = self.take()
+        if batch:
+            return batch
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            if timeout is None:
+                await self._waiter
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._waiter
+        finally:
+            self._waiter = None
+        return self.take()
+
+
+class Hub:
+    def __init__(self, engine: Engine, max_pending: int) -> None:
+        self.engine = engine
+        self.max_pending = max_pending
+        self._channels: dict[str, set[Subscriber]] = {}
+        self._watch_lock = asyncio.Lock()
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.delivered = 0  # events handed to subscribers (for metrics)
+        self.slow_consumers = 0
+
+    async def start(self) -> None:
+        await self.engine.start(self.deliver)
+        self._expiry_task = asyncio.create_task(self._check_expiry_forever(), name="hub-expiry")
+
+    async def close(self, reason: str = "shutdown") -> None:
+        for subscribers in list(self._channels.values()):
+            for subscriber in list(subscribers):
+                subscriber.close(reason)
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        await self.engine.close()
+
+    def deliver(self, channel_id: str, events: Sequence[Event] | None) -> None:
+        subscribers = self._channels.get(channel_id)
+        if not subscribers:
+            return
+        for subscriber in list(subscribers):
+            if events is None:
+                subscriber.close("gone")
+            else:
+                subscriber.push(events)
+                if subscriber.closed == "slow_consumer":
+                    self.slow_consumers += 1
+        if events is not None:
+            self.delivered += len(events) * len(subscribers)
+
+    async def subscribe(self, channel_id: str, transport: str) -> Subscriber:
+        """Register a reader. Events appended after this returns reach its queue."""
+        subscriber = Subscriber(channel_id, transport, self.max_pending)
+        subscribers = self._channels.get(channel_id)
+        if subscribers is None:
+            # A channel is in _channels only once the engine confirmed it is watched; watch and
+            # unwatch transitions are serialized so they cannot interleave.
+            async with self._watch_lock:
+                subscribers = self._channels.get(channel_id)
+                if subscribers is None:
+                    await self.engine.watch(channel_id)
+                    subscribers = self._channels[channel_id] = set()
+        subscribers.add(subscriber)
+        return subscriber
+
+    async def unsubscribe(self, subscriber: Subscriber) -> None:
+        channel_id = subscriber.channel_id
+        subscribers = self._channels.get(channel_id)
+        if subscribers is None:
+            return
+        subscribers.discard(subscriber)
+        if subscribers:
+            return
+        async with self._watch_lock:
+            if self._channels.get(channel_id) is subscribers and not subscribers:
+                del self._channels[channel_id]
+                await self.engine.unwatch(channel_id)
+
+    def counts(self, channel_id: str | None = None) -> Counter[str]:
+        """Subscribers by transport, for one channel or all."""
+        groups = (
+            [self._channels.get(channel_id, set())]
+            if channel_id is not None
+            else list(self._channels.values())
+        )
+        return Counter(s.transport for group in groups for s in group)
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    async def _check_expiry_forever(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            channel_ids = list(self._channels)
+            if not channel_ids:
+                continue
+            try:
+                alive = await self.engine.exists_many(channel_ids)
+            except Exception:  # a failed check is retried at the next interval
+                log.warning("could not check channel expiry", exc_info=True)
+                continue
+            for channel_id, exists in zip(channel_ids, alive, strict=True):
+                if not exists:
+                    self.deliver(channel_id, None)

@@ -1,0 +1,1 @@
+"""Reader transports. All of them resume from the same event ids."""

@@ -1,0 +1,114 @@
+"""What every reader transport shares: authorization, the resume position, and the hand-over
+from replay (stored events after the reader's id) to live delivery with no gap and no duplicate.
+
+The reader subscribes to live events *before* reading the backlog; events that arrive during the
+replay wait in its queue and are dropped there if the replay already handed them over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from broker.auth import authorize_channel
+from broker.context import BrokerContext, context_of
+from broker.engine.base import ChannelNotFound, ReadResult
+from broker.errors import ApiError
+from broker.events import Event, dumps, parse_event_id
+from broker.hub import Subscriber
+
+PAGE_SIZE = 500
+
+
+def resume_position(request: web.Request) -> str | None:
+    """The reader's last event id: `?last_event_id=` wins over the `Last-Event-ID` header."""
+    value = request.query.get("last_event_id")
+    if value is None:
+        value = request.headers.get("Last-Event-ID")
+    if value is None or value == "":
+        return None
+    try:
+        parse_event_id(value)
+    except ValueError as exc:
+        raise ApiError(
+            400,
+            "invalid_last_event_id",
+            f"{value!r} is not an event id; send back an id the broker gave you, or none.",
+        ) from exc
+    return value
+
+
+def authorize_reader(request: web.Request) -> tuple[BrokerContext, str, str | None]:
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "read")
+    after = resume_position(request)
+    if ctx.draining:
+        raise ApiError(503, "shutting_down", "This broker is shutting down; reconnect to another.")
+    return ctx, channel_id, after
+
+
+def gone(channel_id: str) -> ApiError:
+    return ApiError(410, "channel_gone", f"Channel {channel_id} has expired or was deleted.")
+
+
+@dataclass(slots=True)
+class Reading:
+    """A subscribed reader with its first backlog page already fetched."""
+
+    ctx: BrokerContext
+    channel_id: str
+    subscriber: Subscriber
+    first: ReadResult
+
+    @property
+    def gap(self) -> str | None:
+        return self.first.gap
+
+    @property
+    def nothing_left(self) -> bool:
+        """The channel has ended and the reader has already seen its last event."""
+        return self.first.ended and not self.first.events
+
+    async def backlog(self) -> AsyncIterator[list[Event]]:
+        """Stored events after the reader's position, page by page, recorded as handed over."""
+        page = self.first
+        while True:
+            for event in page.events:
+                self.subscriber.seen(event)
+            if page.events:
+                yield page.events
+            if not page.more or not page.events:
+                return
+            try:
+                page = await self.ctx.engine.read(self.channel_id, page.events[-1].id, PAGE_SIZE)
+            except ChannelNotFound as exc:
+                raise gone(self.channel_id) from exc
+
+    async def close(self) -> None:
+        await self.ctx.hub.unsubscribe(self.subscriber)
+
+
+async def start_reading(
+    ctx: BrokerContext, channel_id: str, after: str | None, transport: str
+) -> Reading:
+    subscriber = await ctx.hub.subscribe(channel_id, transport)
+    try:
+        first = await ctx.engine.read(channel_id, after, PAGE_SIZE)
+    except ChannelNotFound as exc:
+        await ctx.hub.unsubscribe(subscriber)
+        raise gone(channel_id) from exc
+    except BaseException:
+        await ctx.hub.unsubscribe(subscriber)
+        raise
+    return Reading(ctx, channel_id, subscriber, first)
+
+
+def gap_json(first_id: str) -> str:
+    return dumps({"first_id": first_id})
+
+
+def reconnect_json(reason: str) -> str:
+    return dumps({"reason": reason})

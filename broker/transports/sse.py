@@ -1,0 +1,97 @@
+"""SSE (`/events`) and chunked HTTP (`/stream`): the same framing, different default lifetimes."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from broker.errors import ApiError
+from broker.hub import Closed
+from broker.transports.reading import (
+    Reading,
+    authorize_reader,
+    gap_json,
+    reconnect_json,
+    start_reading,
+)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # tells nginx-style proxies not to buffer the stream
+}
+CHUNKED_DEFAULT_MAX_DURATION = 50.0  # below WeChat's ~60 s cut of chunked requests
+HEARTBEAT = b": hb\n\n"
+
+
+def max_duration(request: web.Request, default: float | None) -> float | None:
+    raw = request.query.get("max_duration")
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 1.0 <= value <= 86_400.0:
+        raise ApiError(400, "invalid_max_duration", "max_duration is seconds from 1 to 86400.")
+    return value
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "sse", max_duration(request, None))
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "chunked", max_duration(request, CHUNKED_DEFAULT_MAX_DURATION))
+
+
+async def _serve(request: web.Request, transport: str, duration: float | None) -> web.StreamResponse:
+    ctx, channel_id, after = authorize_reader(request)
+    reading = await start_reading(ctx, channel_id, after, transport)
+    try:
+        if reading.nothing_left:
+            return web.Response(status=204)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await _relay(reading, response, duration)
+        return response
+    except (ConnectionResetError, ConnectionError):
+        return web.Response(status=499)  # the reader went away; it will resume
+    finally:
+        await reading.close()
+
+
+async def _relay(reading: Reading, response: web.StreamResponse, duration: float | None) -> None:
+    heartbeat = reading.ctx.settings.heartbeat
+    head = b"retry: 1000\n\n"
+    if reading.gap is not None:
+        head += f"event: gap\ndata: {gap_json(reading.gap)}\n\n".encode()
+    await response.write(head)
+    async for page in reading.backlog():
+        await response.write(b"".join(event.sse for event in page))
+        if page[-1].terminal:
+            return
+    deadline = None if duration is None else time.monotonic() + duration
+    subscriber = reading.subscriber
+    while True:
+        wait = heartbeat if deadline is None else min(heartbeat, deadline - time.monotonic())
+        try:
+            batch = await subscriber.next_batch(max(wait, 0.0))
+        except Closed as closed:
+            await response.write(_reconnect(closed.reason))
+            return
+        if batch:
+            await response.write(b"".join(event.sse for event in batch))
+            if batch[-1].terminal:
+                return
+        elif deadline is not None and time.monotonic() >= deadline:
+            await response.write(_reconnect("max_duration"))
+            return
+        else:
+            await response.write(HEARTBEAT)
+
+
+def _reconnect(reason: str) -> bytes:
+    return f"event: reconnect\ndata: {reconnect_json(reason)}\n\n".encode()

@@ -1,0 +1,5 @@
+import sys
+
+from client_sdk.cli import main
+
+sys.exit(main())
