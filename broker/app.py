@@ -81,7 +81,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         yield
         await hub.close()
 
+    async def drain(app: web.Application) -> None:
+        # Runs on SIGTERM before aiohttp waits for handlers: stop taking readers and tell the
+        # connected ones to reconnect (to another broker) from their last id.
+        app[CONTEXT].draining = True
+        for subscriber in hub.all_subscribers():
+            subscriber.close("shutdown")
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
     app.on_response_prepare.append(_add_cors)
     app.router.add_routes(
         [

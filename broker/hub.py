@@ -119,10 +119,12 @@ class Hub:
         await self.engine.start(self.deliver)
         self._expiry_task = asyncio.create_task(self._check_expiry_forever(), name="hub-expiry")
 
+    def all_subscribers(self) -> list[Subscriber]:
+        return [s for group in self._channels.values() for s in group]
+
     async def close(self, reason: str = "shutdown") -> None:
-        for subscribers in list(self._channels.values()):
-            for subscriber in list(subscribers):
-                subscriber.close(reason)
+        for subscriber in self.all_subscribers():
+            subscriber.close(reason)
         if self._expiry_task is not None:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
