@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Final, Literal
 
 import aiohttp
@@ -63,7 +64,8 @@ class Reader:
         self._candidates: Sequence[str] = AUTO_ORDER if transport == "auto" else (transport,)
         self._index = 0
         self._timing = timing
-        self._backoff = backoff if backoff is not None else Backoff()
+        # A copy: the backoff counts attempts, and one given to several readers must not mix them.
+        self._backoff = replace(backoff, attempt=0) if backoff is not None else Backoff()
         self._max_retries = max_retries
         self._on_reconnect = on_reconnect
         self._on_gap = on_gap

@@ -31,7 +31,11 @@ from client_sdk.ids import is_after
 from tests.test_client_sdk_support import Proxy, Writer, broker_process, write_sync
 
 TRANSPORTS = ["sse", "ws", "poll", "chunked"]
-FAST = {"backoff": Backoff(initial=0.05, maximum=0.5), "first_byte_timeout": 2.0}
+
+
+def fast() -> dict[str, Any]:
+    """Quick reconnects for tests (a fresh backoff each time: it holds the attempt count)."""
+    return {"backoff": Backoff(initial=0.05, maximum=0.5), "first_byte_timeout": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def assert_exactly_once(events: list[Event], count: int) -> None:
 async def test_reads_300_messages_and_end_exactly_once(
     broker: str, session: aiohttp.ClientSession, transport: str
 ) -> None:
-    async with open_channel(broker, transport=transport, session=session, **FAST) as ch:
+    async with open_channel(broker, transport=transport, session=session, **fast()) as ch:
         assert ch.token["channel"] == ch.id and ch.token["unbroken"] == 1
         assert ch.read_token and ch.info["read_token"] == ch.read_token
         writer = Writer(session, ch.token)
@@ -114,7 +118,7 @@ async def test_resume_after_connection_cut(
         writer = Writer(session, opened.token)
         async with subscribe(
             proxy.url, opened.info, transport=transport, session=session,
-            on_reconnect=reconnects.append, **FAST,
+            on_reconnect=reconnects.append, **fast(),
         ) as ch:  # fmt: skip
             phases: list[asyncio.Task[None]] = []
 
@@ -157,8 +161,8 @@ async def test_watchdog_detects_silent_hang_and_resumes(
         writer = Writer(session, opened.token)
         async with subscribe(
             proxy.url, opened.info, transport=transport, session=session,
-            on_reconnect=reconnects.append, poll_timeout=1, backoff=FAST["backoff"],
-            first_byte_timeout=1.0,
+            on_reconnect=reconnects.append, poll_timeout=1, first_byte_timeout=1.0,
+            backoff=Backoff(initial=0.05, maximum=0.5),
         ) as ch:  # fmt: skip
             await writer.messages([{"i": i} for i in range(50)])
             loop = asyncio.get_running_loop()

@@ -10,12 +10,12 @@ import pytest
 
 from client_sdk import ChannelErrorEvent, InvalidChannelReference
 from client_sdk.backoff import Backoff
-from client_sdk.errors import BrokerError
+from client_sdk.errors import BrokerError, ProtocolViolation
 from client_sdk.ids import is_after, parse_event_id
 from client_sdk.models import Control, Event
 from client_sdk.refs import resolve
 from client_sdk.sse import SSEMessage, SSEParser
-from client_sdk.transports import ProtocolViolation, _sse_frame, parse_event
+from client_sdk.transports import _sse_frame, parse_event
 
 STREAM = (
     b"retry: 1000\n\n"
