@@ -153,6 +153,7 @@ def open_channel(
     idle_timeout: float | None = None,
     first_byte_timeout: float = 10.0,
     poll_timeout: int = 25,
+    max_duration: float | None = None,
     backoff: Backoff | None = None,
     max_retries: int | None = None,
     on_reconnect: OnReconnect | None = None,
@@ -184,6 +185,7 @@ def open_channel(
                 idle_timeout=idle_timeout,
                 first_byte_timeout=first_byte_timeout,
                 poll_timeout=poll_timeout,
+                max_duration=max_duration,
                 backoff=backoff,
                 max_retries=max_retries,
                 on_reconnect=on_reconnect,
@@ -209,6 +211,7 @@ def subscribe(
     idle_timeout: float | None = None,
     first_byte_timeout: float = 10.0,
     poll_timeout: int = 25,
+    max_duration: float | None = None,
     backoff: Backoff | None = None,
     max_retries: int | None = None,
     on_reconnect: OnReconnect | None = None,
@@ -221,7 +224,8 @@ def subscribe(
     the token or channel token names the broker. `last_event_id` resumes after that event.
     `heartbeat` is the broker's heartbeat interval; the watchdog reconnects after
     `idle_timeout` (default 2.5 heartbeats) without a byte. `max_retries` bounds consecutive
-    failed attempts (None: never give up on retriable failures).
+    failed attempts (None: never give up on retriable failures). `max_duration` asks the broker
+    to end each SSE/chunked response after that many seconds (the reader resumes at once).
     """
 
     async def factory() -> Channel:
@@ -240,6 +244,7 @@ def subscribe(
                 idle_timeout=idle_timeout,
                 first_byte_timeout=first_byte_timeout,
                 poll_timeout=poll_timeout,
+                max_duration=max_duration,
                 backoff=backoff,
                 max_retries=max_retries,
                 on_reconnect=on_reconnect,
@@ -296,6 +301,7 @@ def _make_channel(
     idle_timeout: float | None,
     first_byte_timeout: float,
     poll_timeout: int,
+    max_duration: float | None,
     backoff: Backoff | None,
     max_retries: int | None,
     on_reconnect: OnReconnect | None,
@@ -315,6 +321,7 @@ def _make_channel(
         idle_timeout=idle_timeout if idle_timeout is not None else WATCHDOG_FACTOR * beat,
         first_byte_timeout=first_byte_timeout,
         poll_timeout=poll_timeout,
+        max_duration=max_duration,
     )
     reader = Reader(
         session,

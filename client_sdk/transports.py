@@ -49,6 +49,9 @@ class Timing:
     idle_timeout: float  # no byte (heartbeats included) for this long: the connection is dead
     first_byte_timeout: float  # a connection that sends nothing this long is blocked somewhere
     poll_timeout: int  # the long-poll `timeout` parameter (the broker caps it at 55)
+    # SSE/chunked `max_duration`: the broker ends each stream after that many seconds (with a
+    # `reconnect` event); for networks that cut long responses.
+    max_duration: float | None = None
 
 
 class Transport(abc.ABC):
@@ -138,6 +141,8 @@ class SSETransport(Transport):
         timing: Timing,
     ) -> AsyncGenerator[Frame, None]:
         params = {"last_event_id": last_event_id} if last_event_id else {}
+        if timing.max_duration is not None:
+            params["max_duration"] = f"{timing.max_duration:g}"
         headers = {**target.headers, "Accept": "text/event-stream", "Cache-Control": "no-cache"}
         try:
             async with asyncio.timeout(timing.first_byte_timeout):

@@ -328,3 +328,29 @@ def test_sync_iterator(broker: str) -> None:
     with pytest.raises(ChannelErrorEvent, match="boom"):
         for _ in iter_channel_sync(broker, second, transport="ws"):
             pass
+
+
+@pytest.mark.parametrize("transport", ["sse", "chunked"])
+async def test_broker_reconnect_event_resumes_at_once(
+    broker: str, session: aiohttp.ClientSession, transport: str
+) -> None:
+    reconnects: list[ReconnectInfo] = []
+    async with open_channel(
+        broker, transport=transport, session=session, max_duration=1,
+        on_reconnect=reconnects.append,
+    ) as ch:  # fmt: skip
+        writer = Writer(session, ch.token)
+
+        async def slow_writer() -> None:
+            for i in range(0, 40, 2):
+                await writer.messages([{"i": i}, {"i": i + 1}])
+                await asyncio.sleep(0.12)
+            await writer.end(None)
+
+        write = asyncio.create_task(slow_writer())
+        events = await asyncio.wait_for(read_all(ch), 20)
+        await write
+    assert_exactly_once(events, 40)
+    assert reconnects, "the broker never ended a stream after max_duration"
+    assert all(r.delay == 0 and r.error is None for r in reconnects)
+    assert all("max_duration" in r.reason for r in reconnects)
