@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from broker import metrics
 from broker.auth import authorize_admin, authorize_channel, authorize_open
 from broker.context import BrokerContext, context_of
 from broker.engine.base import ChannelInfo
@@ -84,6 +85,7 @@ async def open_channel(request: web.Request) -> web.Response:
     else:
         channel_id = name
     await ctx.engine.create(channel_id)
+    metrics.count_opened(request)
     base = public_url(request)
     ttl = ctx.settings.token_ttl
     write_token = ctx.keys.sign(channel_id, "write", base, ttl)
@@ -196,6 +198,7 @@ async def _append(
     channel_id = request.match_info["channel_id"]
     writer, seq = _writer_and_seq(request, body)
     result = await ctx.engine.append(channel_id, items, writer=writer, seq=seq)
+    metrics.count_written(request, items[-1][0], len(items), result.duplicate)
     return web.json_response(
         {"ids": result.ids, "duplicate": result.duplicate, "last_event_id": result.last_event_id},
         status=200 if result.duplicate else 201,

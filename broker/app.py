@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from broker import api
+from broker import api, ops
 from broker.config import Settings
 from broker.context import CONTEXT, BrokerContext, OpenRateLimiter
 from broker.engine.base import Engine
@@ -108,4 +108,5 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.get("/v1/channels/{channel_id}/poll", poll.poll),
         ]
     )
+    ops.setup(app)  # /metrics, /openapi.json, /dashboard, admin stats; counts HTTP errors
     return app

@@ -114,6 +114,7 @@ class Hub:
         self._expiry_task: asyncio.Task[None] | None = None
         self.delivered = 0  # events handed to subscribers (for metrics)
         self.slow_consumers = 0
+        self.relayed: Counter[str] = Counter()  # events from the engine, once each, by type
 
     async def start(self) -> None:
         await self.engine.start(self.deliver)
@@ -144,6 +145,7 @@ class Hub:
                     self.slow_consumers += 1
         if events is not None:
             self.delivered += len(events) * len(subscribers)
+            self.relayed.update(event.type for event in events)
 
     async def subscribe(self, channel_id: str, transport: str) -> Subscriber:
         """Register a reader. Events appended after this returns reach its queue."""

@@ -7,11 +7,13 @@ replay wait in its queue and are dropped there if the replay already handed them
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from broker import metrics
 from broker.auth import authorize_channel
 from broker.context import BrokerContext, context_of
 from broker.engine.base import ChannelNotFound, ReadResult
@@ -20,6 +22,8 @@ from broker.events import Event, dumps, parse_event_id
 from broker.hub import Subscriber
 
 PAGE_SIZE = 500
+
+log = logging.getLogger("unbroken.readers")
 
 
 def resume_position(request: web.Request) -> str | None:
@@ -47,6 +51,7 @@ def authorize_reader(request: web.Request) -> tuple[BrokerContext, str, str | No
     after = resume_position(request)
     if ctx.draining:
         raise ApiError(503, "shutting_down", "This broker is shutting down; reconnect to another.")
+    metrics.count_reader(request, after)
     return ctx, channel_id, after
 
 
@@ -89,6 +94,8 @@ class Reading:
 
     async def close(self) -> None:
         await self.ctx.hub.unsubscribe(self.subscriber)
+        log.debug("reader disconnected (%s)", self.subscriber.closed or "done",
+                  extra={"channel": self.channel_id, "transport": self.subscriber.transport})
 
 
 async def start_reading(
@@ -103,6 +110,7 @@ async def start_reading(
     except BaseException:
         await ctx.hub.unsubscribe(subscriber)
         raise
+    log.debug("reader connected", extra={"channel": channel_id, "transport": transport})
     return Reading(ctx, channel_id, subscriber, first)
 
 

@@ -11,6 +11,7 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
+from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
 from broker.events import dumps
 from broker.hub import Closed
@@ -55,6 +56,7 @@ async def _reject(
 ) -> web.StreamResponse:
     if not socket.can_prepare(request).ok:
         return error_response(error)
+    metrics.count_error(request, error.status, error.code)  # the upgraded 101 hides the error
     await socket.prepare(request)
     await socket.send_str(dumps({"type": "rejected", **error_body(error.code, error.message)}))
     await socket.close(code=4000 + error.status, message=error.code.encode()[:120])

@@ -1,0 +1,271 @@
+"""Prometheus metrics of one broker process (served at `/metrics` by broker/ops.py).
+
+Each app gets its own CollectorRegistry, so several apps in one process (tests) never share or
+collide on metrics. Two kinds of metrics:
+
+- counters incremented where things happen, through the `count_*` functions below (called with
+  the request, since the metrics live on the app);
+- values read at scrape time from state the broker keeps anyway (subscribers, the hub's
+  `delivered`/`slow_consumers`/`relayed` counters, the Redis relay's reconnects), so the hot
+  fan-out path pays nothing for them.
+
+Engine latency is measured by wrapping the engine's methods (and, for the Redis engine, its
+client's `execute_command`) once at start-up instead of editing every call site.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from functools import wraps
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker.context import BrokerContext
+
+TRANSPORTS = ("sse", "chunked", "ws", "poll")
+# Last path segment of a reader route -> transport name used in metrics and logs.
+READER_SEGMENTS = {"events": "sse", "stream": "chunked", "ws": "ws", "poll": "poll"}
+ENGINE_OPERATIONS = (
+    "create", "append", "read", "info", "delete", "channels", "watch", "unwatch", "exists_many",
+)
+# Engine calls are sub-millisecond in memory and around a millisecond on a nearby Redis.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+
+
+class Metrics:
+    def __init__(self, ctx: BrokerContext) -> None:
+        self.ctx = ctx
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.channels_opened = Counter(
+            "unbroken_channels_opened", "Channels opened through this broker's API.", registry=r
+        )
+        self.messages_written = Counter(
+            "unbroken_messages_written",
+            "Events appended through this broker's HTTP write API (duplicates excluded), by type.",
+            ["type"], registry=r,
+        )
+        self.write_duplicates = Counter(
+            "unbroken_write_duplicates",
+            "Write requests recognised as retries (writer/seq or Idempotency-Key) and not stored.",
+            registry=r,
+        )
+        self.reader_requests = Counter(
+            "unbroken_reader_requests", "Read requests accepted, by transport.", ["transport"],
+            registry=r,
+        )
+        self.resumes = Counter(
+            "unbroken_resumes",
+            "Read requests that sent a last event id (reconnects and resumes; for long-poll, "
+            "every poll after the first), by transport.",
+            ["transport"], registry=r,
+        )
+        self.http_errors = Counter(
+            "unbroken_http_errors",
+            "Error responses, by HTTP status and the error code of the JSON body.",
+            ["status", "code"], registry=r,
+        )
+        self.engine_seconds = Histogram(
+            "unbroken_engine_operation_seconds",
+            "Latency of storage engine operations, by engine and operation.",
+            ["engine", "operation"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "unbroken_redis_command_seconds",
+            "Latency of Redis commands sent by the engine (not the pub/sub relay), by command.",
+            ["command"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        r.register(_StateCollector(ctx))
+        ProcessCollector(registry=r)  # CPU, memory, open files of this process
+
+    def totals(self) -> dict[str, float]:
+        """Every counter and gauge summed over its labels, keyed by sample name (for the
+        dashboard's JSON stats, which wants broker-wide rates, not breakdowns)."""
+        sums: dict[str, float] = {}
+        for family in self.registry.collect():
+            if family.type not in ("counter", "gauge") or family.name.startswith("process_"):
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+        return sums
+
+
+class _StateCollector(Collector):
+    """Values the broker already tracks, read when Prometheus scrapes."""
+
+    def __init__(self, ctx: BrokerContext) -> None:
+        self.ctx = ctx
+
+    def collect(self) -> Iterator[Metric]:
+        hub, engine = self.ctx.hub, self.ctx.engine
+        subscribers = GaugeMetricFamily(
+            "unbroken_subscribers", "Connected readers of this process, by transport.",
+            labels=["transport"],
+        )
+        counts = hub.counts()
+        for transport in TRANSPORTS:
+            subscribers.add_metric([transport], counts.get(transport, 0))
+        yield subscribers
+        yield GaugeMetricFamily(
+            "unbroken_watched_channels", "Channels with at least one reader on this process.",
+            value=hub.channel_count,
+        )
+        yield CounterMetricFamily(
+            "unbroken_messages_delivered", "Events handed to readers (one per event per reader).",
+            value=hub.delivered,
+        )
+        relayed = CounterMetricFamily(
+            "unbroken_events_relayed",
+            "Events the engine delivered for channels with readers here, counted once whoever "
+            "wrote them (HTTP API or a worker writing to Redis), by type; end + error = channels "
+            "seen ending.",
+            labels=["type"],
+        )
+        relayed_counts = getattr(hub, "relayed", {})
+        for event_type in ("message", "end", "error"):
+            relayed.add_metric([event_type], relayed_counts.get(event_type, 0))
+        yield relayed
+        yield CounterMetricFamily(
+            "unbroken_slow_consumers",
+            "Readers disconnected because they did not keep up (they resume from their last id).",
+            value=hub.slow_consumers,
+        )
+        yield GaugeMetricFamily(
+            "unbroken_draining", "1 while the broker is shutting down.",
+            value=int(self.ctx.draining),
+        )
+        yield GaugeMetricFamily(
+            "unbroken_start_time_seconds", "When this broker process started (Unix time).",
+            value=self.ctx.started_at,
+        )
+        if engine.name == "memory":
+            yield _memory_channels(engine)
+        reconnects = getattr(engine, "reconnects", None)
+        if isinstance(reconnects, int):
+            yield CounterMetricFamily(
+                "unbroken_redis_reconnects", "Reconnections of the Redis pub/sub relay.",
+                value=reconnects,
+            )
+
+
+def _memory_channels(engine: Any) -> Metric:
+    # Only the memory engine can count its channels for free (a dict in this process); on Redis
+    # that would be a scan per scrape, so there the opened/relayed counters and redis-cli serve.
+    family = GaugeMetricFamily(
+        "unbroken_channels", "Channels stored (memory engine only), by state.", labels=["state"]
+    )
+    states = [channel.state for channel in getattr(engine, "_channels", {}).values()]
+    for state in ("open", "ended"):
+        family.add_metric([state], states.count(state))
+    return family
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("unbroken_metrics", Metrics)
+
+
+def install(app: web.Application, ctx: BrokerContext) -> Metrics:
+    metrics = app[METRICS] = Metrics(ctx)
+    _time_engine(metrics, ctx)
+    # Outermost, so it sees the final response of every route, including unknown paths.
+    app.middlewares.insert(0, _error_counter)
+    return metrics
+
+
+def _time_engine(metrics: Metrics, ctx: BrokerContext) -> None:
+    engine = ctx.engine
+    for operation in ENGINE_OPERATIONS:
+        histogram = metrics.engine_seconds.labels(engine.name, operation)
+        setattr(engine, operation, _timed(getattr(engine, operation), histogram))
+    client = getattr(engine, "redis", None)
+    if client is not None and hasattr(client, "execute_command"):
+        # Every command of redis-py's client (including EVALSHA of the Lua scripts) goes
+        # through execute_command; an instance attribute overrides the class's method.
+        execute = client.execute_command
+
+        @wraps(execute)
+        async def timed_execute(*args: Any, **options: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await execute(*args, **options)
+            finally:
+                name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+                metrics.redis_seconds.labels(name.upper()).observe(time.perf_counter() - start)
+
+        client.execute_command = timed_execute
+
+
+def _timed(method: Callable[..., Awaitable[Any]], histogram: Any) -> Callable[..., Awaitable[Any]]:
+    @wraps(method)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            histogram.observe(time.perf_counter() - start)
+
+    return timed
+
+
+def _metrics(request: web.Request) -> Metrics | None:
+    # None for apps built without ops.setup (e.g. a test of the bare core).
+    return request.app.get(METRICS)
+
+
+def count_opened(request: web.Request) -> None:
+    if metrics := _metrics(request):
+        metrics.channels_opened.inc()
+
+
+def count_written(request: web.Request, event_type: str, count: int, duplicate: bool) -> None:
+    if metrics := _metrics(request):
+        if duplicate:
+            metrics.write_duplicates.inc()
+        else:
+            metrics.messages_written.labels(event_type).inc(count)
+
+
+def count_reader(request: web.Request, last_event_id: str | None) -> None:
+    if metrics := _metrics(request):
+        transport = READER_SEGMENTS.get(request.path.rsplit("/", 1)[-1], "other")
+        metrics.reader_requests.labels(transport).inc()
+        if last_event_id is not None:
+            metrics.resumes.labels(transport).inc()
+
+
+def count_error(request: web.Request, status: int, code: str) -> None:
+    if metrics := _metrics(request):
+        metrics.http_errors.labels(str(status), code).inc()
+
+
+@web.middleware
+async def _error_counter(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    if response.status >= 400:
+        count_error(request, response.status, _error_code(response))
+    return response
+
+
+def _error_code(response: web.StreamResponse) -> str:
+    # Errors are rare, so reading the code back out of the JSON body costs nothing that matters
+    # and keeps error_middleware untouched.
+    body = getattr(response, "body", None)
+    if isinstance(body, bytes | bytearray):
+        try:
+            code = json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            code = None
+        if isinstance(code, str):
+            return code
+    return f"http_{response.status}"
