@@ -9,6 +9,8 @@
 `subscribe()` reads an existing channel; `iter_channel_sync()` does the same in plain scripts.
 """
 
+import logging
+
 from client_sdk.backoff import Backoff
 from client_sdk.channel import Channel, ChannelContext, create_channel, open_channel, subscribe
 from client_sdk.errors import (
@@ -26,6 +28,9 @@ from client_sdk.models import Event, GapInfo, ReconnectInfo
 from client_sdk.sync import SyncChannelIterator, iter_channel_sync, open_channel_sync
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where logs go (and the CLI reports on its own).
+logging.getLogger("client_sdk").addHandler(logging.NullHandler())
 
 __all__ = [
     "Backoff",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any, Final, TextIO
 
@@ -214,4 +215,9 @@ def main(
         resume = tail.channel.last_event_id if tail and tail.channel else None
         return _explain(exc, err, resume)
     except BrokenPipeError:
-        return EXIT_END  # `tail ... | head` closed our stdout: not an error of ours
+        # `tail ... | head` closed our stdout: not an error. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain about the pipe again.
+        if out is sys.stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_END
