@@ -50,26 +50,44 @@ class SSECounter(asyncio.Protocol):
         self.count += chunk.count(b"event: message\n")
         if self.on_event is not None:
             for line in chunk.split(b"\n")[:-1]:
-                if line.startswith(b"data: {\"t\":"):
+                if line.startswith(b'data: {"t":'):
                     self.on_event(json.loads(line[6:])["t"])
         self._tail = chunk[-20:] if self.on_event is None else chunk[chunk.rfind(b"\n") + 1 :]
 
 
 def sse_request(port: int, opened: dict[str, Any]) -> bytes:
     path = f"/v1/channels/{opened['id']}/events?token={opened['read_token']}"
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+    return (head + "\r\n").encode()
 
 
 @contextlib.contextmanager
 def broker_process(engine: str, redis_url: str | None) -> Iterator[int]:
     port = free_port()
-    command = [sys.executable, "-m", "broker", "serve", "--port", str(port), "--engine", engine,
-               "--secret", "bench:bench-secret", "--log-level", "warning",
-               "--max-messages", "100000"]
+    command = [
+        sys.executable,
+        "-m",
+        "broker",
+        "serve",
+        "--port",
+        str(port),
+        "--engine",
+        engine,
+        "--secret",
+        "bench:bench-secret",
+        "--log-level",
+        "warning",
+        "--max-messages",
+        "100000",
+    ]
     if redis_url:
         command += ["--redis", redis_url, "--redis-prefix", f"bench-{os.getpid()}"]
-    env = dict(os.environ, UNBROKEN_OPEN_RATE="100000", UNBROKEN_OPEN_BURST="100000",
-               UNBROKEN_MAX_PENDING_BYTES=str(64 * 1024 * 1024))
+    env = dict(
+        os.environ,
+        UNBROKEN_OPEN_RATE="100000",
+        UNBROKEN_OPEN_BURST="100000",
+        UNBROKEN_MAX_PENDING_BYTES=str(64 * 1024 * 1024),
+    )
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
         yield port
@@ -93,10 +111,13 @@ async def open_channel(session: aiohttp.ClientSession, base: str) -> dict[str, A
         return dict(await response.json())
 
 
-async def write(session: aiohttp.ClientSession, opened: dict[str, Any], body: dict[str, Any]) -> None:
+async def write(
+    session: aiohttp.ClientSession, opened: dict[str, Any], body: dict[str, Any]
+) -> None:
     token = opened["channel_token"]["token"]
-    async with session.post(opened["urls"]["messages"], json=body,
-                            headers={"Authorization": f"Bearer {token}"}) as response:
+    async with session.post(
+        opened["urls"]["messages"], json=body, headers={"Authorization": f"Bearer {token}"}
+    ) as response:
         if response.status != 201:
             raise RuntimeError(f"write failed: {response.status} {await response.text()}")
 
@@ -118,14 +139,23 @@ async def fanout(port: int, subscribers: int, messages: int, batch: int) -> dict
         expected = subscribers * messages
         started = time.perf_counter()
         for offset in range(0, messages, batch):
-            await write(session, opened, {"messages": [{"n": n} for n in range(offset, min(messages, offset + batch))]})
+            await write(
+                session,
+                opened,
+                {"messages": [{"n": n} for n in range(offset, min(messages, offset + batch))]},
+            )
         while sum(r.count for r in readers) < expected:
             if time.perf_counter() - started > 120:
                 raise RuntimeError(f"only {sum(r.count for r in readers)}/{expected} delivered")
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
-    return {"subscribers": subscribers, "messages": messages, "deliveries": expected,
-            "seconds": round(elapsed, 3), "deliveries_per_s": round(expected / elapsed)}
+    return {
+        "subscribers": subscribers,
+        "messages": messages,
+        "deliveries": expected,
+        "seconds": round(elapsed, 3),
+        "deliveries_per_s": round(expected / elapsed),
+    }
 
 
 async def latency(port: int, channels: int, rounds: int) -> dict[str, float]:
@@ -141,7 +171,9 @@ async def latency(port: int, channels: int, rounds: int) -> dict[str, float]:
         await wait_healthy(session, base)
         opened = [await open_channel(session, base) for _ in range(channels)]
         for entry in opened:
-            await loop.create_connection(lambda e=entry: SSECounter(sse_request(port, e), record), "127.0.0.1", port)
+            await loop.create_connection(
+                lambda e=entry: SSECounter(sse_request(port, e), record), "127.0.0.1", port
+            )
         await asyncio.sleep(1.0)
         for round_number in range(rounds):
             # Writes are spread over time (not a burst) so the figure is latency, not queueing.
@@ -152,13 +184,18 @@ async def latency(port: int, channels: int, rounds: int) -> dict[str, float]:
         while len(samples) < channels * rounds and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
     samples.sort()
-    return {"channels": channels, "samples": len(samples),
-            "p50_ms": round(statistics.median(samples) * 1000, 2),
-            "p99_ms": round(samples[int(len(samples) * 0.99) - 1] * 1000, 2)}
+    return {
+        "channels": channels,
+        "samples": len(samples),
+        "p50_ms": round(statistics.median(samples) * 1000, 2),
+        "p99_ms": round(samples[int(len(samples) * 0.99) - 1] * 1000, 2),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--engine", choices=["memory", "redis", "both"], default="both")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=200)

@@ -161,20 +161,32 @@ def _writer_and_seq(request: web.Request, body: dict[str, Any]) -> tuple[str | N
     seq_raw = body.get("seq", request.headers.get("Unbroken-Seq"))
     if key is not None and writer is None:
         if not 0 < len(key) <= 200:
-            raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters.")
+            raise ApiError(
+                400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters."
+            )
         return "key:" + key, 1
     if writer is None and seq_raw is None:
         return None, None
     if not isinstance(writer, str) or not WRITER_ID.match(writer):
         raise ApiError(
-            400, "invalid_writer", "writer must be 1-128 characters of A-Z a-z 0-9 _ . : - with a seq."
+            400,
+            "invalid_writer",
+            "writer must be 1-128 characters of A-Z a-z 0-9 _ . : - with a seq.",
         )
     try:
-        seq = int(seq_raw) if not isinstance(seq_raw, bool) else -1
+        seq = (
+            int(seq_raw)
+            if isinstance(seq_raw, (int, float, str)) and not isinstance(seq_raw, bool)
+            else -1
+        )
     except (TypeError, ValueError):
         seq = -1
     if not 1 <= seq <= MAX_SEQ or (isinstance(seq_raw, float) and not seq_raw.is_integer()):
-        raise ApiError(400, "invalid_seq", "seq must be an integer from 1 to 2^53 numbering the writer's requests.")
+        raise ApiError(
+            400,
+            "invalid_seq",
+            "seq must be an integer from 1 to 2^53 numbering the writer's requests.",
+        )
     return writer, seq
 
 
@@ -215,11 +227,13 @@ async def write_messages(request: web.Request) -> web.Response:
         messages = body["messages"]
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "invalid_body", "'messages' must be a non-empty array.")
-        items: list[tuple[EventType, bytes]] = [("message", _encode(ctx, m, size)) for m in messages]
+        items: list[tuple[EventType, bytes]] = [
+            ("message", _encode(ctx, m, size)) for m in messages
+        ]
     elif "data" in body:
         items = [("message", _encode(ctx, body["data"], size))]
     else:
-        raise ApiError(400, "invalid_body", "Send {\"data\": <json>} or {\"messages\": [<json>, …]}.")
+        raise ApiError(400, "invalid_body", 'Send {"data": <json>} or {"messages": [<json>, …]}.')
     return await _append(request, items, body)
 
 

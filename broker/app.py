@@ -65,7 +65,9 @@ async def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     settings.validate()
-    app = web.Application(middlewares=[_preflight, error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[_preflight, error_middleware], client_max_size=settings.max_body_bytes
+    )
     engine = engine or create_engine(settings)
     hub = Hub(engine, settings.max_pending_bytes)
     app[CONTEXT] = BrokerContext(

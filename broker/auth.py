@@ -59,7 +59,9 @@ def authorize_admin(request: web.Request) -> None:
         )
     token = bearer_token(request)
     if token is None:
-        raise ApiError(401, "token_missing", "This route needs the admin token (UNBROKEN_ADMIN_TOKEN).")
+        raise ApiError(
+            401, "token_missing", "This route needs the admin token (UNBROKEN_ADMIN_TOKEN)."
+        )
     if not is_admin(ctx, token):
         raise ApiError(403, "admin_token_invalid", "The admin token is wrong.")
 
@@ -71,7 +73,9 @@ def authorize_open(request: web.Request) -> None:
         token = bearer_token(request)
         if token is None:
             raise ApiError(
-                401, "app_key_required", "Opening a channel needs 'Authorization: Bearer <app key>'."
+                401,
+                "app_key_required",
+                "Opening a channel needs 'Authorization: Bearer <app key>'.",
             )
         if not any(hmac.compare_digest(token, key) for key in ctx.settings.app_keys):
             raise ApiError(403, "app_key_invalid", "The app key is not one this broker accepts.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import multiprocessing
@@ -75,9 +74,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     values = {
         name: getattr(args, name)
         for name in (
-            "host", "port", "engine", "redis_url", "redis_prefix", "secret", "public_url",
-            "open_policy", "admin_token", "heartbeat", "idle_ttl", "retention", "max_messages",
-            "max_message_bytes", "workers", "log_json", "log_level",
+            "host",
+            "port",
+            "engine",
+            "redis_url",
+            "redis_prefix",
+            "secret",
+            "public_url",
+            "open_policy",
+            "admin_token",
+            "heartbeat",
+            "idle_ttl",
+            "retention",
+            "max_messages",
+            "max_message_bytes",
+            "workers",
+            "log_json",
+            "log_level",
         )
     }
     if args.app_keys:
@@ -98,7 +111,10 @@ def _run_process(settings: Settings, sock: socket.socket | None) -> None:
     app = create_app(settings)
     log.info(
         "unbroken broker on http://%s:%s (engine %s, pid %s)",
-        settings.host, settings.port, settings.engine, os.getpid(),
+        settings.host,
+        settings.port,
+        settings.engine,
+        os.getpid(),
     )
     web.run_app(
         app,

@@ -58,12 +58,28 @@ class Settings:
 
 
 _ENV_CASTS: dict[str, Any] = {
-    "host": str, "port": int, "engine": str, "redis_url": str, "redis_prefix": str,
-    "secret": str, "public_url": str, "open_policy": str, "admin_token": str,
-    "open_rate": float, "open_burst": int, "heartbeat": float, "token_ttl": int,
-    "max_message_bytes": int, "max_body_bytes": int, "max_pending_bytes": int, "workers": int,
-    "log_level": str, "shutdown_timeout": float,
-    "idle_ttl": int, "retention": int, "max_messages": int,
+    "host": str,
+    "port": int,
+    "engine": str,
+    "redis_url": str,
+    "redis_prefix": str,
+    "secret": str,
+    "public_url": str,
+    "open_policy": str,
+    "admin_token": str,
+    "open_rate": float,
+    "open_burst": int,
+    "heartbeat": float,
+    "token_ttl": int,
+    "max_message_bytes": int,
+    "max_body_bytes": int,
+    "max_pending_bytes": int,
+    "workers": int,
+    "log_level": str,
+    "shutdown_timeout": float,
+    "idle_ttl": int,
+    "retention": int,
+    "max_messages": int,
 }
 
 

@@ -45,7 +45,9 @@ def as_api_error(exc: BaseException, channel_id: str | None = None) -> ApiError 
         )
     if isinstance(exc, ChannelEnded):
         return ApiError(
-            409, "channel_ended", f"Channel {channel_id or exc} has ended; nothing more can be written."
+            409,
+            "channel_ended",
+            f"Channel {channel_id or exc} has ended; nothing more can be written.",
         )
     if isinstance(exc, ChannelExists):
         return ApiError(409, "channel_exists", f"A channel named {exc} already exists.")
@@ -70,7 +72,9 @@ async def error_middleware(
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
-        message = exc.reason if exc.status != 404 else f"No route for {request.method} {request.path}."
+        message = (
+            exc.reason if exc.status != 404 else f"No route for {request.method} {request.path}."
+        )
         if exc.status == 413:
             message = "The request body is too large; send smaller batches."
         response = web.json_response(error_body(code, message), status=exc.status)
@@ -85,6 +89,9 @@ async def error_middleware(
             return error_response(api_error)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(
-            error_body("internal_error", "The broker failed unexpectedly; retry, and report it if it persists."),
+            error_body(
+                "internal_error",
+                "The broker failed unexpectedly; retry, and report it if it persists.",
+            ),
             status=500,
         )

@@ -31,7 +31,13 @@ class Closed(Exception):
 
 class Subscriber:
     __slots__ = (
-        "_queue", "_waiter", "channel_id", "closed", "last_key", "max_pending", "pending",
+        "_queue",
+        "_waiter",
+        "channel_id",
+        "closed",
+        "last_key",
+        "max_pending",
+        "pending",
         "transport",
     )
 
@@ -139,7 +145,7 @@ class Hub:
         for subscriber in list(subscribers):
             if events is None:
                 subscriber.close("gone")
-            else:
+            elif subscriber.closed is None:
                 subscriber.push(events)
                 if subscriber.closed == "slow_consumer":
                     self.slow_consumers += 1

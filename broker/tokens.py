@@ -127,7 +127,9 @@ class KeyRing:
         except TokenError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
-            raise TokenError("token_invalid", "The token is not a well-formed Unbroken token.") from exc
+            raise TokenError(
+                "token_invalid", "The token is not a well-formed Unbroken token."
+            ) from exc
         if claims.expires_at <= (time.time() if now is None else now):
             raise TokenError("token_expired", "The token has expired; open a new channel.")
         return claims

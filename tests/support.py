@@ -31,7 +31,9 @@ class Broker:
 
 
 @contextlib.asynccontextmanager
-async def running_broker(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[Broker]:
+async def running_broker(
+    settings: Settings | None = None, **overrides: Any
+) -> AsyncIterator[Broker]:
     """A broker serving on 127.0.0.1:<free port> in this process."""
     settings = (settings or Settings()).with_overrides(
         port=free_port(), secret=overrides.pop("secret", "test:secret-for-tests"), **overrides
@@ -51,7 +53,9 @@ async def running_broker(settings: Settings | None = None, **overrides: Any) -> 
 
 def redis_settings(redis_url: str) -> Settings:
     """Settings for the Redis engine under a prefix of its own, so tests never collide."""
-    return Settings(engine="redis", redis_url=redis_url, redis_prefix=f"test-{uuid.uuid4().hex[:10]}")
+    return Settings(
+        engine="redis", redis_url=redis_url, redis_prefix=f"test-{uuid.uuid4().hex[:10]}"
+    )
 
 
 @dataclass
@@ -86,7 +90,9 @@ async def read_sse(
     headers: dict[str, str] | None = None,
 ) -> Received:
     """Read an SSE (or chunked) stream until the server closes it, or until `stop_after` events."""
-    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as response:
+    async with session.get(
+        url, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
+    ) as response:
         received.status = response.status
         if response.status != 200:
             return received
@@ -215,7 +221,9 @@ class FaultyProxy:
             writer.transport.abort()
         self._links.clear()
 
-    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -223,7 +231,9 @@ class FaultyProxy:
             return
         self._links.update((client_writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, downstream: bool) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, downstream: bool
+        ) -> None:
             try:
                 while data := await src.read(65536):
                     await self.paused.wait()

@@ -69,7 +69,9 @@ async def test_every_transport_reads_1000_messages_at_once(broker: Broker) -> No
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_reader_dropped_mid_stream_resumes_without_loss(broker: Broker, transport: str) -> None:
+async def test_reader_dropped_mid_stream_resumes_without_loss(
+    broker: Broker, transport: str
+) -> None:
     opened = await broker.open()
     channel = Channel.from_token(opened["channel_token"])
     await channel.write_many([{"n": n} for n in range(150)])
@@ -93,8 +95,11 @@ async def test_cut_connections_resume_through_a_proxy(broker: Broker) -> None:
     opened = await broker.open()
     port = int(broker.url.rsplit(":", 1)[1])
     async with FaultyProxy(port) as proxy:
-        proxied = json.loads(json.dumps(opened).replace(broker.url, proxy.url).replace(
-            broker.url.replace("http", "ws"), proxy.url.replace("http", "ws")))
+        proxied = json.loads(
+            json.dumps(opened)
+            .replace(broker.url, proxy.url)
+            .replace(broker.url.replace("http", "ws"), proxy.url.replace("http", "ws"))
+        )
         readers = {t: Received() for t in ("sse", "ws")}
         tasks = [asyncio.create_task(read(broker.session, proxied, t, readers[t])) for t in readers]
         channel = Channel.from_token(opened["channel_token"])
@@ -113,8 +118,14 @@ async def test_cut_connections_resume_through_a_proxy(broker: Broker) -> None:
             assert_exact(received, list(range(80)), None)
 
 
-async def _post(broker: Broker, path: str, token: str | None, body: Any = None, raw: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+async def _post(
+    broker: Broker,
+    path: str,
+    token: str | None,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     all_headers = dict(headers or {})
     if token:
         all_headers["Authorization"] = f"Bearer {token}"
@@ -158,26 +169,81 @@ async def test_bad_input_gets_documented_errors_and_loses_nothing(broker: Broker
 
     forged = write_token[:-4] + ("AAAA" if not write_token.endswith("AAAA") else "BBBB")
     expired = broker.app[__import__("broker.context").context.CONTEXT].keys.sign(
-        channel_id, "write", broker.url, ttl=-10)
+        channel_id, "write", broker.url, ttl=-10
+    )
     cases: list[tuple[str, tuple[int, Any], int, str]] = [
         ("no token", await _post(broker, messages, None, {"data": 1}), 401, "token_missing"),
         ("forged", await _post(broker, messages, forged, {"data": 1}), 401, "token_invalid"),
-        ("garbage token", await _post(broker, messages, "x.y.z", {"data": 1}), 401, "token_invalid"),
+        (
+            "garbage token",
+            await _post(broker, messages, "x.y.z", {"data": 1}),
+            401,
+            "token_invalid",
+        ),
         ("expired", await _post(broker, messages, expired, {"data": 1}), 401, "token_expired"),
-        ("other channel's token", await _post(broker, messages, other["channel_token"]["token"], {"data": 1}),
-         403, "token_wrong_channel"),
-        ("read token writes", await _post(broker, messages, read_token, {"data": 1}), 403, "token_wrong_scope"),
-        ("malformed JSON", await _post(broker, messages, write_token, raw=b"{nope"), 400, "invalid_json"),
-        ("wrong shape", await _post(broker, messages, write_token, {"text": 1}), 400, "invalid_body"),
+        (
+            "other channel's token",
+            await _post(broker, messages, other["channel_token"]["token"], {"data": 1}),
+            403,
+            "token_wrong_channel",
+        ),
+        (
+            "read token writes",
+            await _post(broker, messages, read_token, {"data": 1}),
+            403,
+            "token_wrong_scope",
+        ),
+        (
+            "malformed JSON",
+            await _post(broker, messages, write_token, raw=b"{nope"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "wrong shape",
+            await _post(broker, messages, write_token, {"text": 1}),
+            400,
+            "invalid_body",
+        ),
         ("not an object", await _post(broker, messages, write_token, [1, 2]), 400, "invalid_body"),
-        ("empty batch", await _post(broker, messages, write_token, {"messages": []}), 400, "invalid_body"),
-        ("huge integer", await _post(broker, messages, write_token, raw=b'{"data": 123456789012345678901234567890}'),
-         400, "invalid_body"),
-        ("oversize", await _post(broker, messages, write_token, {"data": "x" * 300_000}), 413, "message_too_large"),
-        ("bad seq", await _post(broker, messages, write_token, {"data": 1, "writer": "w", "seq": 0}),
-         400, "invalid_seq"),
-        ("bad name", await _post(broker, "/v1/channels", None, {"name": "no spaces"}), 400, "invalid_name"),
-        ("name taken", await _post(broker, "/v1/channels", None, {"name": channel_id}), 409, "channel_exists"),
+        (
+            "empty batch",
+            await _post(broker, messages, write_token, {"messages": []}),
+            400,
+            "invalid_body",
+        ),
+        (
+            "huge integer",
+            await _post(
+                broker, messages, write_token, raw=b'{"data": 123456789012345678901234567890}'
+            ),
+            400,
+            "invalid_body",
+        ),
+        (
+            "oversize",
+            await _post(broker, messages, write_token, {"data": "x" * 300_000}),
+            413,
+            "message_too_large",
+        ),
+        (
+            "bad seq",
+            await _post(broker, messages, write_token, {"data": 1, "writer": "w", "seq": 0}),
+            400,
+            "invalid_seq",
+        ),
+        (
+            "bad name",
+            await _post(broker, "/v1/channels", None, {"name": "no spaces"}),
+            400,
+            "invalid_name",
+        ),
+        (
+            "name taken",
+            await _post(broker, "/v1/channels", None, {"name": channel_id}),
+            409,
+            "channel_exists",
+        ),
     ]
     for label, (status, body), want_status, want_code in cases:
         assert (status, body["error"]["code"]) == (want_status, want_code), label
@@ -187,7 +253,9 @@ async def test_bad_input_gets_documented_errors_and_loses_nothing(broker: Broker
         async with broker.session.get(broker.url + path) as response:
             return response.status, await response.json(content_type=None)
 
-    status, body = await get(f"/v1/channels/{channel_id}/events?token={read_token}&last_event_id=banana")
+    status, body = await get(
+        f"/v1/channels/{channel_id}/events?token={read_token}&last_event_id=banana"
+    )
     assert (status, body["error"]["code"]) == (400, "invalid_last_event_id")
     status, body = await get(f"/v1/channels/{channel_id}/poll?token={read_token}&timeout=999")
     assert (status, body["error"]["code"]) == (400, "invalid_timeout")
@@ -304,7 +372,10 @@ async def test_idle_channel_expires(settings: Settings) -> None:
         opened = await broker.open()
         await asyncio.sleep(2.2)
         status, body = await _post(
-            broker, f"/v1/channels/{opened['id']}/messages", opened["channel_token"]["token"], {"data": 1}
+            broker,
+            f"/v1/channels/{opened['id']}/messages",
+            opened["channel_token"]["token"],
+            {"data": 1},
         )
         assert (status, body["error"]["code"]) == (410, "channel_gone")
 
@@ -315,7 +386,9 @@ async def test_open_rate_limit_and_app_key_policy() -> None:
         assert codes == [201, 201, 429]
     async with running_broker(open_policy="key", app_keys=("app-key-1",)) as broker:
         assert (await _post(broker, "/v1/channels", None))[1]["error"]["code"] == "app_key_required"
-        assert (await _post(broker, "/v1/channels", "wrong"))[1]["error"]["code"] == "app_key_invalid"
+        assert (await _post(broker, "/v1/channels", "wrong"))[1]["error"][
+            "code"
+        ] == "app_key_invalid"
         assert (await _post(broker, "/v1/channels", "app-key-1"))[0] == 201
 
 
@@ -325,7 +398,8 @@ async def test_named_channel_and_status(broker: Broker) -> None:
     async with Channel.from_token(json.dumps(opened["channel_token"])) as channel:
         await channel.write_many(["a", "b"])
     async with broker.session.get(
-        f"{broker.url}/v1/channels/chat-42", headers={"Authorization": f"Bearer {opened['read_token']}"}
+        f"{broker.url}/v1/channels/chat-42",
+        headers={"Authorization": f"Bearer {opened['read_token']}"},
     ) as response:
         status = await response.json()
     assert status["state"] == "ended" and status["messages"] == 3

@@ -140,7 +140,10 @@ class Channel:
     async def error(self, error: BaseException | str | Any) -> str:
         """Report a failure: the client gets an `error` event and the channel ends."""
         if isinstance(error, BaseException):
-            data: Any = {"message": str(error) or type(error).__name__, "type": type(error).__name__}
+            data: Any = {
+                "message": str(error) or type(error).__name__,
+                "type": type(error).__name__,
+            }
         elif isinstance(error, str):
             data = {"message": error}
         else:

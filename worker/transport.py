@@ -6,7 +6,6 @@ by the channel's (writer, seq) check instead of being stored twice.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -70,7 +69,7 @@ class HttpTransport:
             ) as response:
                 payload = await response.json(content_type=None)
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         if status in (200, 201):
             # A duplicate (a retry of a request already applied) reports the id stored then.

@@ -173,11 +173,7 @@ class MemoryEngine(Engine):
         else:
             after_key = parse_event_id(after)
             position = _first_after(events, after_key)
-            if (
-                channel.dropped_until is not None
-                and after_key < channel.dropped_until
-                and events
-            ):
+            if channel.dropped_until is not None and after_key < channel.dropped_until and events:
                 gap = events[0].id
         page = events[position : position + count]
         return ReadResult(

@@ -23,7 +23,9 @@ def _parameters(request: web.Request) -> tuple[float, int]:
         if not 0 <= timeout <= MAX_TIMEOUT:
             raise ValueError
     except ValueError as exc:
-        raise ApiError(400, "invalid_timeout", f"timeout is seconds from 0 to {MAX_TIMEOUT:g}.") from exc
+        raise ApiError(
+            400, "invalid_timeout", f"timeout is seconds from 0 to {MAX_TIMEOUT:g}."
+        ) from exc
     try:
         limit = int(request.query.get("limit", DEFAULT_LIMIT))
         if not 1 <= limit <= MAX_LIMIT:

@@ -94,8 +94,11 @@ class Reading:
 
     async def close(self) -> None:
         await self.ctx.hub.unsubscribe(self.subscriber)
-        log.debug("reader disconnected (%s)", self.subscriber.closed or "done",
-                  extra={"channel": self.channel_id, "transport": self.subscriber.transport})
+        log.debug(
+            "reader disconnected (%s)",
+            self.subscriber.closed or "done",
+            extra={"channel": self.channel_id, "transport": self.subscriber.transport},
+        )
 
 
 async def start_reading(

@@ -46,7 +46,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return await _serve(request, "chunked", max_duration(request, CHUNKED_DEFAULT_MAX_DURATION))
 
 
-async def _serve(request: web.Request, transport: str, duration: float | None) -> web.StreamResponse:
+async def _serve(
+    request: web.Request, transport: str, duration: float | None
+) -> web.StreamResponse:
     ctx, channel_id, after = authorize_reader(request)
     reading = await start_reading(ctx, channel_id, after, transport)
     try:
