@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 from typing import Any
@@ -140,7 +141,8 @@ async def healthz(request: web.Request) -> web.Response:
     ctx = context_of(request)
     status = "draining" if ctx.draining else "ok"
     return web.json_response(
-        {"status": status, "engine": ctx.engine.name}, status=503 if ctx.draining else 200
+        {"status": status, "engine": ctx.engine.name, "pid": os.getpid()},
+        status=503 if ctx.draining else 200,
     )
 
 
