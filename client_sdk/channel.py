@@ -14,7 +14,7 @@ from client_sdk.backoff import Backoff
 from client_sdk.errors import InvalidChannelReference, ProtocolViolation, TransportError
 from client_sdk.ids import is_event_id
 from client_sdk.models import Event, GapInfo
-from client_sdk.reader import OnGap, OnReconnect, Reader, TransportName
+from client_sdk.reader import TRANSPORT_NAMES, OnGap, OnReconnect, Reader, TransportName
 from client_sdk.refs import ChannelRef, resolve
 from client_sdk.transports import Target, Timing, broker_error
 
@@ -165,6 +165,9 @@ def open_channel(
     `name` picks the channel id (409 `channel_exists` if taken); `app_key` is needed when the
     broker's open policy is `key`. The other options are those of `subscribe`.
     """
+
+    if transport not in TRANSPORT_NAMES:  # before the channel is created for nothing
+        raise ValueError(f"unknown transport {transport!r}; use one of {TRANSPORT_NAMES}")
 
     async def factory() -> Channel:
         own = session is None

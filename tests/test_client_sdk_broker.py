@@ -354,3 +354,26 @@ async def test_broker_reconnect_event_resumes_at_once(
     assert reconnects, "the broker never ended a stream after max_duration"
     assert all(r.delay == 0 and r.error is None for r in reconnects)
     assert all("max_duration" in r.reason for r in reconnects)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_deleted_channel_ends_reading_with_channel_gone(
+    broker: str, session: aiohttp.ClientSession, transport: str
+) -> None:
+    async with open_channel(broker, transport=transport, session=session, **fast()) as ch:
+        await Writer(session, ch.token).messages([{"i": 0}, {"i": 1}])
+        received: list[Any] = []
+
+        async def delete() -> None:
+            url = f"{broker}/v1/channels/{ch.id}"
+            headers = {"Authorization": f"Bearer {ch.token['token']}"}
+            async with session.delete(url, headers=headers) as resp:
+                assert resp.status == 204
+
+        with pytest.raises(BrokerError) as caught:
+            async for data in ch:
+                received.append(data)
+                if len(received) == 2:
+                    await delete()
+    assert received == [{"i": 0}, {"i": 1}]
+    assert (caught.value.status, caught.value.code) == (410, "channel_gone")
