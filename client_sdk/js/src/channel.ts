@@ -64,9 +64,10 @@ interface OpenResponse {
   urls: ChannelUrls;
 }
 
-// What worked last per broker. Only an ordering hint: a remembered transport that fails is
-// forgotten at once, so it can never block a later channel.
-const remembered: { [broker: string]: TransportName | undefined } = {};
+// What worked last, per broker and set of usable transports. Only an ordering hint: a remembered
+// transport that fails is forgotten at once, so it can never block a later channel.
+const remembered: { [key: string]: { name: TransportName; at: number } | undefined } = {};
+const REMEMBER_MS = 10 * 60 * 1000;
 
 const TERMINAL: ChannelState[] = ['ended', 'closed'];
 
@@ -89,6 +90,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
   private info: OpenResponse | undefined;
   private opening: Promise<void> | undefined;
   private candidates: Transport[] = [];
+  private memoryKey = '';
   private index = 0;
   private failedInRound = 0;
   private gen = 0;
@@ -208,10 +210,16 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     const wanted = this.opts.transport;
     const names = !wanted || wanted === 'auto' ? AUTO_ORDER : Array.isArray(wanted) ? wanted : [wanted];
     const list = names.map((n) => TRANSPORTS[n]).filter((t) => t && t.supported(this.host));
-    const hint = remembered[this.opts.broker];
+    this.memoryKey = this.opts.broker + '|' + list.map((t) => t.name).join(',');
+    const memo = remembered[this.memoryKey];
+    const hint = this.isAuto() && memo && Date.now() - memo.at < REMEMBER_MS ? memo.name : undefined;
     const i = list.findIndex((t) => t.name === hint);
     if (i > 0) list.unshift(list.splice(i, 1)[0]);
     return list;
+  }
+
+  private isAuto(): boolean {
+    return !this.opts.transport || this.opts.transport === 'auto';
   }
 
   // ---- connecting ----------------------------------------------------------------------------
@@ -267,7 +275,9 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     clearTimeout(this.firstByteTimer);
     this.failedInRound = 0;
     this.backoff.reset();
-    remembered[this.opts.broker] = transport.name;
+    // Only a channel's first connection teaches: a fallback taken while the app was in
+    // background must not demote a better transport for every later channel.
+    if (this.isAuto() && !this.transport) remembered[this.memoryKey] = { name: transport.name, at: Date.now() };
     if (this.transport !== transport.name) {
       this.transport = transport.name;
       this.emit('transport', transport.name);
@@ -317,7 +327,8 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     }
     let delay = 0;
     if (!alive) {
-      if (remembered[this.opts.broker] === transport.name) remembered[this.opts.broker] = undefined;
+      const memo = remembered[this.memoryKey];
+      if (memo && memo.name === transport.name) remembered[this.memoryKey] = undefined;
       this.index = (this.index + 1) % this.candidates.length;
       this.failedInRound++;
       // Try the next candidate at once; back off only after a whole round failed.

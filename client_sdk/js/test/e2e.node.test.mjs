@@ -1,0 +1,131 @@
+// Every Node transport against a real broker (python -m broker serve --engine memory): 1000
+// messages + end exactly once; a connection cut mid-stream; a silent hang caught by the watchdog.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import WebSocket from 'ws';
+import { SSEChannel, deserializeChannel } from '../dist/esm/index.js';
+import { startBroker, startProxy, pythonWrite, collect, assertExactlyOnce } from './helpers.mjs';
+
+let broker;
+let proxy;
+before(async () => {
+  // Heartbeat 1 s so the default watchdog (2.5 x heartbeat) trips in 2.5 s.
+  broker = await startBroker({ heartbeat: 1 });
+  proxy = await startProxy(broker.port);
+});
+after(async () => {
+  await proxy?.close();
+  await broker?.stop();
+});
+
+const TRANSPORTS = ['fetch', 'websocket', 'poll'];
+const opts = (transport) => ({ broker: proxy.url, transport, WebSocket, timeouts: { poll: 2 }, backoff: { base: 50, max: 500 } });
+
+for (const transport of TRANSPORTS) {
+  test(`${transport}: 1000 messages + end, exactly once and in order`, async () => {
+    const ch = new SSEChannel(opts(transport));
+    await ch.open();
+    const c = collect(ch, { timeout: 60000 });
+    await pythonWrite(ch.toJSON(), 1000);
+    const end = await c.done;
+    assertExactlyOnce(assert, c.messages, 1000);
+    assert.deepEqual(end, { done: 1000 });
+    assert.deepEqual([...c.transports], [transport]);
+    assert.equal(ch.state, 'ended');
+  });
+
+  test(`${transport}: connection killed mid-stream resumes without loss or duplicates`, async () => {
+    const ch = new SSEChannel(opts(transport));
+    await ch.open();
+    const states = [];
+    ch.on('state', (s) => states.push(s));
+    let cut = false;
+    const c = collect(ch, {
+      timeout: 60000,
+      onMessage: (_d, n) => {
+        if (n === 300 && !cut) {
+          cut = true;
+          proxy.cut();
+        }
+      },
+    });
+    await pythonWrite(ch.toJSON(), 1000, { delay: 0.001 });
+    await c.done;
+    assert.ok(cut, 'the proxy cut the connection');
+    assertExactlyOnce(assert, c.messages, 1000);
+    assert.ok(states.includes('reconnecting'), 'went through reconnecting: ' + states.join(','));
+  });
+
+  test(`${transport}: silent hang (socket open, bytes stop) is caught by the watchdog and resumed`, async () => {
+    const ch = new SSEChannel(opts(transport));
+    await ch.open();
+    let hungAt = 0;
+    let resumedAfter = 0;
+    const c = collect(ch, {
+      timeout: 60000,
+      onMessage: (_d, n) => {
+        if (n === 200 && !hungAt) {
+          hungAt = Date.now();
+          proxy.hangCurrent();
+        } else if (n === 201) {
+          resumedAfter = Date.now() - hungAt;
+        }
+      },
+    });
+    const errors = [];
+    ch.on('error', (e) => errors.push(e));
+    await pythonWrite(ch.toJSON(), 400, { delay: 0.002 });
+    await c.done;
+    assertExactlyOnce(assert, c.messages, 400);
+    assert.ok(hungAt > 0);
+    // Default idle timeout: 2.5 x the broker's 1 s heartbeat (+ the poll hold for long-poll).
+    const floor = transport === 'poll' ? 2000 : 2000;
+    assert.ok(resumedAfter >= floor, `resumed after ${resumedAfter} ms, i.e. only after the watchdog fired`);
+    assert.equal(errors.length, 0, 'a hang is recovered, not reported: ' + errors.map((e) => e.code));
+  });
+}
+
+test('auto in Node picks a working transport and remembers it', async () => {
+  const ch = new SSEChannel({ broker: proxy.url, WebSocket });
+  await ch.open();
+  const c = collect(ch);
+  await pythonWrite(ch.toJSON(), 50);
+  await c.done;
+  assertExactlyOnce(assert, c.messages, 50);
+  assert.equal(ch.transport, 'fetch');
+});
+
+test('writer: deserializeChannel writes, batches and ends with retry-safe writer/seq', async () => {
+  const ch = new SSEChannel({ broker: broker.url, transport: 'fetch' });
+  await ch.open();
+  const c = collect(ch);
+  const text = JSON.stringify(ch);
+  const w = deserializeChannel(text);
+  assert.equal(w.channel, ch.id);
+  const r1 = await w.write({ i: 0, text: 'héllo ✓ 🚀 0' });
+  assert.equal(r1.duplicate, false);
+  assert.equal(r1.ids.length, 1);
+  await w.writeMany([1, 2, 3].map((i) => ({ i, text: 'héllo ✓ 🚀 ' + i })));
+  // A retry of an already-stored request (same writer, same seq) is recognised as a duplicate.
+  const again = deserializeChannel(JSON.parse(text), { writer: w.writer, firstSeq: 1 });
+  const dup = await again.write({ i: 0, text: 'should not appear' });
+  assert.equal(dup.duplicate, true);
+  // The bare write JWT works too (it carries ch and url).
+  const bare = deserializeChannel(JSON.parse(text).token);
+  assert.equal(bare.channel, ch.id);
+  await w.end('bye');
+  assert.equal(await c.done, 'bye');
+  assertExactlyOnce(assert, c.messages, 4);
+  await assert.rejects(w.write('late'), (e) => e.code === 'channel_ended' && e.status === 409);
+});
+
+test('writer error() ends the channel; readers get a channel_error', async () => {
+  const ch = new SSEChannel({ broker: broker.url, transport: 'websocket', WebSocket });
+  await ch.open();
+  const errP = new Promise((r) => ch.on('error', r));
+  await deserializeChannel(ch).error(new Error('upstream failed'));
+  const err = await errP;
+  assert.equal(err.code, 'channel_error');
+  assert.equal(err.data.message, 'upstream failed');
+  assert.equal(ch.state, 'ended');
+});
