@@ -331,7 +331,11 @@ class PollTransport(Transport):
             try:
                 async with asyncio.timeout(deadline):
                     async with session.get(
-                        target.url("poll"), params=params, headers=target.headers
+                        target.url("poll"),
+                        params=params,
+                        headers=target.headers,
+                        # Our deadline governs; a caller's session may have a shorter total.
+                        timeout=aiohttp.ClientTimeout(total=None),
                     ) as resp:
                         if resp.status == 204:
                             body = {"events": [], "ended": True}

@@ -377,3 +377,37 @@ async def test_deleted_channel_ends_reading_with_channel_gone(
                     await delete()
     assert received == [{"i": 0}, {"i": 1}]
     assert (caught.value.status, caught.value.code) == (410, "channel_gone")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_resume_under_repeated_cuts_mid_stream(
+    broker: str, session: aiohttp.ClientSession, proxy: Proxy, transport: str
+) -> None:
+    """Cuts land at random points of a busy stream (mid-frame included): still exactly once."""
+    async with open_channel(broker, session=session) as opened:
+        writer = Writer(session, opened.token)
+        async with subscribe(
+            proxy.url, opened.info, transport=transport, session=session, **fast()
+        ) as ch:
+            done = asyncio.Event()
+
+            async def cutter() -> None:
+                while not done.is_set():
+                    await asyncio.sleep(0.04)
+                    proxy.cut()
+
+            async def slow_writer() -> None:
+                for first in range(0, 300, 5):
+                    await writer.messages([{"i": i} for i in range(first, first + 5)])
+                    await asyncio.sleep(0.005)
+                await writer.end("done")
+
+            tasks = [asyncio.create_task(cutter()), asyncio.create_task(slow_writer())]
+            try:
+                events = await asyncio.wait_for(read_all(ch), 60)
+            finally:
+                done.set()
+                await asyncio.gather(*tasks)
+    assert_exactly_once(events, 300)
+    assert ch.end_data == "done"
+    assert proxy.connections >= 3
