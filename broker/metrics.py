@@ -83,6 +83,12 @@ class Metrics:
             "Latency of Redis commands sent by the engine (not the pub/sub relay), by command.",
             ["command"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        # Series that exist from the start, so rate() and dashboards see 0 rather than nothing.
+        for transport in TRANSPORTS:
+            self.reader_requests.labels(transport)
+            self.resumes.labels(transport)
+        for event_type in ("message", "end", "error"):
+            self.messages_written.labels(event_type)
         r.register(_StateCollector(ctx))
         ProcessCollector(registry=r)  # CPU, memory, open files of this process
 

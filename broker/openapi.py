@@ -187,7 +187,8 @@ IDEMPOTENCY = [
     {"name": "Unbroken-Seq", "in": "header", "required": False, "schema": INT},
 ]
 CHANNEL_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}]
-ADMIN_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}, {}]  # {}: loopback without an admin token
+# {}: no credentials, which passes from loopback while no admin token is configured.
+ADMIN_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}, {}]
 
 
 def _stream(summary: str, description: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,17 +33,17 @@ class BrokerProcess:
             "--port", str(self.port), *args,
         ]
         self.env = {**os.environ, **(env or {})}
-        self._log = tempfile.NamedTemporaryFile(prefix="broker-", suffix=".log", delete=False)  # noqa: SIM115
-        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="broker-", suffix=".log", delete=False)
+        self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 15.0) -> BrokerProcess:
-        self.process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        self.process = await asyncio.create_subprocess_exec(
+            *self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=asyncio.subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
-                if self.process.poll() is not None:
+                if self.process.returncode is not None:
                     raise RuntimeError(f"broker exited at start:\n{self.output()}")
                 try:
                     async with session.get(self.url + "/healthz") as response:
@@ -65,12 +64,10 @@ class BrokerProcess:
     async def wait(self, timeout: float) -> int:
         """The exit code; raises TimeoutError when the process outlives `timeout`."""
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"broker still running after {timeout}s:\n{self.output()}")
-            await asyncio.sleep(0.02)
-        return self.process.returncode
+        try:
+            return await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"broker still running after {timeout}s:\n{self.output()}") from None
 
     async def __aenter__(self) -> BrokerProcess:
         return await self.start()
@@ -78,8 +75,8 @@ class BrokerProcess:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.returncode is None:
             self.process.kill()
-            self.process.wait()
+            await self.process.wait()
         self._log.close()
         os.unlink(self._log.name)

@@ -24,7 +24,9 @@ SDK_BUILD = ROOT / "client_sdk" / "js" / "dist" / "esm" / "index.js"
 ADMIN_TOKEN = "dashboard-test-admin"
 
 pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"
+    ),
     pytest.mark.skipif(shutil.which("node") is None, reason="no node to run playwright-core"),
 ]
 
