@@ -1,0 +1,88 @@
+// Real Chromium (Debian's /usr/bin/chromium, driven by playwright-core): a page uses the built
+// SDK, a Python worker writes 200 messages, the test cuts the connection mid-stream through a
+// TCP proxy, and the page must show all 200 exactly once, in order. Once per transport.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, mkdirSync } from 'node:fs';
+import http from 'node:http';
+import { join, normalize } from 'node:path';
+import { startBroker, startProxy, pythonWrite, expectedMessage, sleep, REPO } from './helpers.mjs';
+
+const CHROMIUM = '/usr/bin/chromium';
+const ROOT = join(REPO, 'client_sdk', 'js');
+const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is absent (apt-get install chromium); CI installs it`;
+
+let broker;
+let proxy;
+let site;
+let browser;
+
+before(async () => {
+  if (skip) return;
+  broker = await startBroker({ heartbeat: 1 });
+  proxy = await startProxy(broker.port);
+  // The page's own origin differs from the broker's: CORS is part of what is tested.
+  site = http.createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    const file = path === '/' ? join(ROOT, 'test', 'browser', 'page.html') : normalize(join(ROOT, path));
+    if (!file.startsWith(ROOT) || !existsSync(file)) {
+      res.writeHead(404).end();
+      return;
+    }
+    const type = file.endsWith('.html') ? 'text/html' : 'text/javascript';
+    res.writeHead(200, { 'Content-Type': type + '; charset=utf-8' }).end(readFileSync(file));
+  });
+  await new Promise((r) => site.listen(0, '127.0.0.1', r));
+  const { chromium } = await import('playwright-core');
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  site?.close();
+  await proxy?.close();
+  await broker?.stop();
+});
+
+for (const transport of ['auto', 'eventsource', 'xhr', 'websocket', 'poll']) {
+  test(`chromium ${transport}: 200 messages, connection cut mid-stream, page resumes without loss`, { skip }, async (t) => {
+    const page = await browser.newPage();
+    const logs = [];
+    page.on('console', (m) => logs.push(m.text()));
+    page.on('pageerror', (e) => logs.push('pageerror: ' + e.message));
+    try {
+      await page.goto(`http://127.0.0.1:${site.address().port}/?broker=${encodeURIComponent(proxy.url)}&transport=${transport}`);
+      await page.waitForFunction(() => window.testState && (window.testState.token || window.testState.errors.length), null, { timeout: 15000 });
+      const token = await page.evaluate(() => window.testState.token);
+      assert.ok(token, 'channel opened: ' + JSON.stringify(await page.evaluate(() => window.testState.errors)));
+      const writing = pythonWrite(JSON.parse(token), 200, { delay: 0.01 });
+      await page.waitForFunction(() => window.testState.count >= 60, null, { timeout: 20000 });
+      proxy.cut();
+      await writing;
+      await page.waitForFunction(() => window.testState.ended, null, { timeout: 30000 });
+      const st = await page.evaluate(() => window.testState);
+      const items = await page.$$eval('#out li', (lis) => lis.map((li) => JSON.parse(li.textContent)));
+      assert.equal(items.length, 200, 'the page shows every message exactly once');
+      items.forEach((m, i) => assert.deepEqual(m, expectedMessage(i)));
+      assert.deepEqual(st.endData, { done: 200 });
+      // Long-poll may not notice: Chromium silently retries a GET whose reused keep-alive
+      // connection was reset. Streams always notice.
+      if (transport !== 'poll') assert.ok(st.states.includes('reconnecting'), 'the cut was noticed: ' + st.states.join(','));
+      if (transport !== 'auto') assert.equal(st.transport, transport);
+      t.diagnostic(`transport used: ${st.transport}; states: ${st.states.join(' > ')}`);
+      if (transport === 'auto') {
+        mkdirSync(join(REPO, 'test-artifacts'), { recursive: true });
+        await page.screenshot({ path: join(REPO, 'test-artifacts', 'js-browser.png') });
+      }
+    } catch (e) {
+      e.message += '\npage console:\n' + logs.join('\n');
+      throw e;
+    } finally {
+      await page.close();
+      await sleep(50);
+    }
+  });
+}
