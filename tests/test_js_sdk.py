@@ -31,9 +31,7 @@ def js_built() -> Path:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(
-        cmd, cwd=JS_DIR, capture_output=True, text=True, timeout=600, check=False
-    )
+    proc = subprocess.run(cmd, cwd=JS_DIR, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         pytest.fail(f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
