@@ -76,6 +76,9 @@ class _Watch:
     # Where a catch-up starts when nothing was delivered yet: the channel's last id read before
     # subscribing (events up to it are the replay's business, not the relay's).
     floor: str | None
+    # Whether the channel was seen to exist: a catch-up that finds no channel reports it gone
+    # only then (watching a channel about to be created is allowed).
+    existed: bool
     last_id: str | None = None  # last delivered
     last_key: tuple[int, int] = (-1, -1)
     confirmed: bool = False
@@ -268,10 +271,14 @@ class RedisEngine(Engine):
         watch = self._watched.get(channel_id)
         if watch is None:
             keys = channel_keys(self.prefix, channel_id)
-            floor = await self._redis.hget(keys.meta, "last_id")
+            state, floor = await self._redis.hmget(keys.meta, ["state", "last_id"])
             watch = self._watched.get(channel_id)  # another watch() may have won meanwhile
             if watch is None:
-                watch = _Watch(live=keys.live.encode(), floor=_text(floor) if floor else None)
+                watch = _Watch(
+                    live=keys.live.encode(),
+                    floor=_text(floor) if floor else None,
+                    existed=state is not None,
+                )
                 self._watched[channel_id] = watch
                 self._by_live[watch.live] = channel_id
         if watch.confirmed:
@@ -293,7 +300,8 @@ class RedisEngine(Engine):
     async def _send(self, kind: bytes, watch: _Watch) -> None:
         async with self._send_lock:
             conn = self._conn
-            if conn is None:
+            # send_command() would silently open a new connection, without our subscriptions.
+            if conn is None or not conn.is_connected:
                 return
             self._pending.append((kind, watch.live, watch))
             try:
@@ -306,7 +314,7 @@ class RedisEngine(Engine):
     async def _relay_forever(self) -> None:
         delay = RECONNECT_MIN
         while not self._closing:
-            conn: AbstractConnection = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            conn = self._new_pubsub_connection()
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
                 delay = RECONNECT_MIN  # Redis is reachable: the next drop retries at once
@@ -329,6 +337,14 @@ class RedisEngine(Engine):
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
 
+    def _new_pubsub_connection(self) -> AbstractConnection:
+        pool = self._redis.connection_pool
+        # RESP2, whatever the client negotiates: pub/sub messages are then plain replies that
+        # read_response() returns, where RESP3 would route them to redis-py's push handlers.
+        kwargs = {**pool.connection_kwargs, "protocol": 2}
+        conn: AbstractConnection = pool.connection_class(**kwargs)
+        return conn
+
     async def _relay(self, conn: AbstractConnection) -> None:
         # Subscribe everything watched, in one command, before watch() may send on this
         # connection (the lock keeps the confirmations in the order of the _pending queue).
@@ -349,7 +365,7 @@ class RedisEngine(Engine):
         while True:
             reply = await conn.read_response(disable_decoding=True, timeout=HEALTH_INTERVAL)
             if reply is None:
-                if ping_sent:
+                if ping_sent or not conn.is_connected:
                     raise RedisTimeoutError("no PONG from redis on the pub/sub connection")
                 async with self._send_lock:
                     await conn.send_command("PING", check_health=False)
@@ -407,6 +423,7 @@ class RedisEngine(Engine):
         fresh = [e for e in events if e.key > watch.last_key]
         if not fresh or self._deliver is None or watch.gone:
             return
+        watch.existed = True
         watch.last_key = fresh[-1].key
         watch.last_id = fresh[-1].id
         try:
@@ -442,8 +459,10 @@ class RedisEngine(Engine):
                     )
                     exists, entries = await pipe.execute()
                 if not exists:
-                    self._deliver_gone(channel_id, watch)
+                    if watch.existed:
+                        self._deliver_gone(channel_id, watch)
                     break
+                watch.existed = True
                 events = [_entry_event(entry_id, fields) for entry_id, fields in entries]
                 self._deliver_events(channel_id, watch, events)
                 if len(entries) < CATCH_UP_PAGE:

@@ -1,9 +1,9 @@
 """The Redis key layout of Unbroken channels and the scripts that write them.
 
 This module is shared by the broker's Redis engine and by backends that write straight into
-Redis (the worker library). It imports nothing from aiohttp, only redis-py and
-the stdlib, so a worker process can use it with a plain `redis.asyncio.Redis` client
-(`decode_responses=False`, the default):
+Redis (the worker library). It imports nothing from aiohttp (only redis-py, the stdlib and
+broker.engine.base / broker.events), so a worker process can use it with a plain
+`redis.asyncio.Redis` client (`decode_responses=False`, the default):
 
     from broker.engine.redis_layout import DEFAULT_PREFIX, append_events
 

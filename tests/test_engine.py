@@ -1,0 +1,573 @@
+"""One contract suite for every engine: memory, Redis on fakeredis, Redis on a real redis-server.
+
+The Redis runs use a unique key prefix per test, so they never collide and nothing is flushed.
+Tests marked `redis_only` exercise what only a shared Redis can do (several broker processes, a
+worker writing straight into Redis, a dropped pub/sub connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from broker.engine import redis as redis_engine_module
+from broker.engine import redis_layout
+from broker.engine.base import (
+    ChannelEnded,
+    ChannelExists,
+    ChannelNotFound,
+    Engine,
+    Limits,
+)
+from broker.engine.memory import MemoryEngine
+from broker.engine.redis import RedisEngine
+from broker.events import Event, EventType, pack, parse_event_id, unpack
+
+ENGINES = ["memory", "fakeredis", "redis"]
+REDIS_ENGINES = ["fakeredis", "redis"]
+
+
+class Recorder:
+    """The `deliver` callback: what the engine handed to the relay, per channel."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[Event]] = defaultdict(list)
+        self.gone: list[str] = []
+        self.calls = 0
+
+    def __call__(self, channel_id: str, events: Sequence[Event] | None) -> None:
+        self.calls += 1
+        if events is None:
+            self.gone.append(channel_id)
+        else:
+            assert events, "deliver() must not be called with an empty batch"
+            self.events[channel_id].extend(events)
+
+    def ids(self, channel_id: str) -> list[str]:
+        return [e.id for e in self.events[channel_id]]
+
+
+@dataclass
+class Backend:
+    kind: str
+    prefix: str
+    client: Redis | None  # a plain client on the same data (None for memory)
+    new_client: Callable[[], Redis] | None
+    engines: list[Engine] = field(default_factory=list)
+
+    async def engine(self, limits: Limits | None = None) -> tuple[Engine, Recorder]:
+        limits = limits or Limits()
+        engine: Engine
+        if self.kind == "memory":
+            engine = MemoryEngine(limits)
+        else:
+            assert self.new_client is not None
+            engine = RedisEngine(limits, prefix=self.prefix, client=self.new_client())
+        recorder = Recorder()
+        await engine.start(recorder)
+        self.engines.append(engine)
+        return engine, recorder
+
+
+@pytest.fixture(params=ENGINES)
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    kind: str = request.param
+    prefix = f"test-{uuid.uuid4().hex}"
+    clients: list[Redis] = []
+    new_client: Callable[[], Redis] | None = None
+    if kind == "fakeredis":
+        server = fakeredis.FakeServer()
+
+        def new_client() -> Redis:
+            client: Redis = fakeredis.FakeAsyncRedis(server=server)
+            clients.append(client)
+            return client
+
+    elif kind == "redis":
+        url: str = request.getfixturevalue("redis_url")
+
+        def new_client() -> Redis:
+            client = Redis.from_url(url)
+            clients.append(client)
+            return client
+
+    backend = Backend(
+        kind=kind,
+        prefix=prefix,
+        client=new_client() if new_client else None,
+        new_client=new_client,
+    )
+    try:
+        yield backend
+    finally:
+        for engine in backend.engines:
+            await engine.close()
+        if backend.client is not None:
+            # Remove only what this test wrote.
+            keys = [k async for k in backend.client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await backend.client.delete(*keys)
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.fixture
+def redis_backend(backend: Backend) -> Backend:
+    if backend.kind == "memory":
+        pytest.skip("needs a shared Redis")
+    return backend
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def msgs(*values: Any) -> list[tuple[EventType, bytes]]:
+    return [("message", pack(v)) for v in values]
+
+
+def key(event_id: str) -> tuple[int, int]:
+    return parse_event_id(event_id)
+
+
+# -- channel model --------------------------------------------------------------------------
+
+
+async def test_create_info_and_exists(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    before = int(time.time() * 1000)
+    info = await engine.create("a")
+    assert info.id == "a" and info.state == "open" and info.messages == 0
+    assert info.last_event_id is None
+    assert before - 5 <= info.created_at <= int(time.time() * 1000) + 5
+    with pytest.raises(ChannelExists):
+        await engine.create("a")
+    got = await engine.info("a")
+    assert got is not None
+    assert (got.state, got.messages, got.created_at) == ("open", 0, info.created_at)
+    assert 3590 <= got.ttl <= 3600
+    assert await engine.info("nope") is None
+    assert await engine.exists_many(["a", "nope", "a"]) == [True, False, True]
+    assert await engine.exists_many([]) == []
+
+
+async def test_unknown_channel(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    with pytest.raises(ChannelNotFound):
+        await engine.append("nope", msgs(1))
+    with pytest.raises(ChannelNotFound):
+        await engine.read("nope", None, 10)
+    assert await engine.delete("nope") is False
+
+
+async def test_append_ids_increase_and_read_back(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    await engine.create("c")
+    ids: list[str] = []
+    for n in range(5):
+        result = await engine.append("c", msgs({"n": n}))
+        assert not result.duplicate and len(result.ids) == 1
+        assert result.last_event_id == result.ids[0]
+        ids += result.ids
+    batch = await engine.append("c", msgs("x", None, [1, 2]))
+    assert len(batch.ids) == 3 and batch.last_event_id == batch.ids[-1]
+    ids += batch.ids
+    assert [key(i) for i in ids] == sorted({key(i) for i in ids}), "ids strictly increase"
+
+    page = await engine.read("c", None, 100)
+    assert [e.id for e in page.events] == ids
+    assert [e.data for e in page.events] == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}, {"n": 4},
+                                             "x", None, [1, 2]]
+    assert {e.type for e in page.events} == {"message"}
+    assert (page.gap, page.ended, page.more, page.last_event_id) == (None, False, False, ids[-1])
+
+    after = await engine.read("c", ids[4], 100)
+    assert [e.id for e in after.events] == ids[5:]
+    assert (await engine.read("c", ids[-1], 100)).events == []
+
+    info = await engine.info("c")
+    assert info is not None and info.messages == 8 and info.last_event_id == ids[-1]
+    assert info.updated_at >= info.created_at
+
+
+async def test_read_pagination(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    await engine.create("p")
+    ids = (await engine.append("p", msgs(*range(7)))).ids
+    seen: list[str] = []
+    position = None
+    pages = 0
+    while True:
+        page = await engine.read("p", position, 3)
+        pages += 1
+        seen += [e.id for e in page.events]
+        assert page.last_event_id == ids[-1]
+        if not page.more:
+            break
+        assert len(page.events) == 3
+        position = page.events[-1].id
+    assert seen == ids and pages == 3
+    exact = await engine.read("p", ids[3], 3)
+    assert [e.id for e in exact.events] == ids[4:] and exact.more is False
+
+
+async def test_end_then_append_is_refused(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    await engine.create("e")
+    await engine.append("e", msgs(1))
+    end = await engine.append("e", [("end", pack({"final": True}))])
+    with pytest.raises(ChannelEnded):
+        await engine.append("e", msgs(2))
+    with pytest.raises(ChannelEnded):
+        await engine.append("e", [("end", pack(None))])
+    page = await engine.read("e", None, 10)
+    assert [e.type for e in page.events] == ["message", "end"]
+    assert page.events[-1].data == {"final": True} and page.events[-1].terminal
+    assert page.ended and page.last_event_id == end.last_event_id
+    info = await engine.info("e")
+    assert info is not None and info.state == "ended" and info.messages == 2
+
+
+async def test_error_event_ends_channel(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    await engine.create("err")
+    result = await engine.append("err", [*msgs(1), ("error", pack({"message": "boom"}))])
+    assert len(result.ids) == 2
+    with pytest.raises(ChannelEnded):
+        await engine.append("err", msgs(2))
+    page = await engine.read("err", result.ids[0], 10)
+    assert [(e.type, e.data) for e in page.events] == [("error", {"message": "boom"})]
+    assert page.ended
+
+
+async def test_dedup_by_writer_and_seq(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    await engine.create("d")
+    first = await engine.append("d", msgs("a"), writer="w", seq=1)
+    assert not first.duplicate
+    again = await engine.append("d", msgs("a"), writer="w", seq=1)
+    assert again.duplicate and again.ids == [] and again.last_event_id == first.last_event_id
+
+    batch = await engine.append("d", msgs("b", "c", "d"), writer="w", seq=2)  # seqs 2..4
+    assert len(batch.ids) == 3
+    for seq in (2, 3, 4):
+        retry = await engine.append("d", msgs("b", "c", "d"), writer="w", seq=seq)
+        assert retry.duplicate and retry.last_event_id == batch.last_event_id
+    other = await engine.append("d", msgs("x"), writer="other", seq=1)  # writers are independent
+    assert not other.duplicate
+    no_writer = await engine.append("d", msgs("y"))
+    assert not no_writer.duplicate
+
+    end = await engine.append("d", [("end", pack(None))], writer="w", seq=5)
+    # A writer retrying its final write after the channel ended gets its answer, not an error.
+    retry_end = await engine.append("d", [("end", pack(None))], writer="w", seq=5)
+    assert retry_end.duplicate and retry_end.last_event_id == end.last_event_id
+    with pytest.raises(ChannelEnded):
+        await engine.append("d", msgs("late"), writer="w", seq=6)
+    page = await engine.read("d", None, 100)
+    assert [e.data for e in page.events] == ["a", "b", "c", "d", "x", "y", None]
+
+
+async def test_trimming_reports_gap(backend: Backend) -> None:
+    engine, _ = await backend.engine(Limits(max_messages=3))
+    await engine.create("t")
+    ids = [(await engine.append("t", msgs(n))).ids[0] for n in range(5)]
+    page = await engine.read("t", None, 10)
+    assert [e.id for e in page.events] == ids[2:]
+    assert page.gap == ids[2]
+    assert (await engine.read("t", ids[0], 10)).gap == ids[2]
+    newest_dropped = await engine.read("t", ids[1], 10)
+    assert newest_dropped.gap is None and [e.id for e in newest_dropped.events] == ids[2:]
+    assert (await engine.read("t", ids[2], 10)).gap is None
+    assert (await engine.read("t", "0-1", 1)).gap == ids[2]
+    info = await engine.info("t")
+    assert info is not None and info.messages == 5
+
+    # A batch longer than the limit keeps only its newest events.
+    await engine.create("big")
+    big = await engine.append("big", msgs(*range(5)))
+    page = await engine.read("big", None, 10)
+    assert [e.id for e in page.events] == big.ids[2:] and page.gap == big.ids[2]
+
+
+async def test_idle_ttl_refreshed_by_writes(backend: Backend) -> None:
+    engine, _ = await backend.engine(Limits(idle_ttl=2, retention=60))
+    await engine.create("idle")
+    await engine.create("busy")
+    for _ in range(3):
+        await asyncio.sleep(0.8)
+        await engine.append("busy", msgs(1))
+    # 2.4 s after creation: "idle" expired, "busy" was kept alive by its writes.
+    assert await engine.info("idle") is None
+    assert await engine.exists_many(["idle", "busy"]) == [False, True]
+    with pytest.raises(ChannelNotFound):
+        await engine.append("idle", msgs(1))
+    with pytest.raises(ChannelNotFound):
+        await engine.read("idle", None, 1)
+    assert [c.id for c in await engine.channels()] == ["busy"]
+
+
+async def test_retention_after_end(backend: Backend) -> None:
+    engine, _ = await backend.engine(Limits(idle_ttl=1, retention=3))
+    await engine.create("kept")
+    await engine.append("kept", [*msgs(1), ("end", pack(None))])
+    info = await engine.info("kept")
+    assert info is not None and 2 <= info.ttl <= 3
+    await asyncio.sleep(1.3)  # past idle_ttl: the ended channel is kept for its retention
+    page = await engine.read("kept", None, 10)
+    assert len(page.events) == 2 and page.ended
+
+    short = await backend.engine(Limits(idle_ttl=60, retention=1))
+    await short[0].create("short")
+    await short[0].append("short", [("error", pack("x"))])
+    await asyncio.sleep(1.3)
+    assert await short[0].info("short") is None
+
+
+async def test_delete_and_recreate(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    await engine.create("x")
+    old = await engine.append("x", msgs(1, 2), writer="w", seq=1)
+    assert await engine.delete("x") is True
+    assert await engine.info("x") is None
+    assert await engine.delete("x") is False
+    with pytest.raises(ChannelNotFound):
+        await engine.read("x", None, 10)
+    await engine.create("x")
+    page = await engine.read("x", None, 10)
+    assert page.events == [] and page.last_event_id is None and page.gap is None
+    fresh = await engine.append("x", msgs(3), writer="w", seq=1)  # the writer table is gone too
+    assert not fresh.duplicate and fresh.ids != old.ids
+
+
+async def test_channels_listing(backend: Backend) -> None:
+    engine, _ = await backend.engine()
+    for name in ("one", "two", "three"):
+        await engine.create(name)
+        await asyncio.sleep(0.005)  # distinct created_at
+    await engine.append("two", [("end", pack(None))])
+    listed = await engine.channels()
+    assert [c.id for c in listed] == ["three", "two", "one"]
+    assert [c.state for c in listed] == ["open", "ended", "open"]
+    assert [c.id for c in await engine.channels(limit=2)] == ["three", "two"]
+    await engine.delete("three")
+    assert [c.id for c in await engine.channels(limit=2)] == ["two", "one"]
+
+
+# -- live delivery --------------------------------------------------------------------------
+
+
+async def test_watch_delivers_in_order_until_unwatch(backend: Backend) -> None:
+    engine, recorder = await backend.engine()
+    await engine.create("w")
+    await engine.create("other")
+    await engine.watch("w")
+    ids: list[str] = []
+    for n in range(20):
+        ids += (await engine.append("w", msgs(n))).ids
+    ids += (await engine.append("w", msgs("a", "b", "c"))).ids
+    await engine.append("other", msgs("not watched"))
+    await until(lambda: len(recorder.ids("w")) >= len(ids))
+    assert recorder.ids("w") == ids
+    assert [e.data for e in recorder.events["w"]] == [*range(20), "a", "b", "c"]
+    assert "other" not in recorder.events
+
+    await engine.unwatch("w")
+    await engine.append("w", msgs("after"))
+    await engine.watch("other")
+    marker = (await engine.append("other", msgs("marker"))).ids
+    # "other" is delivered on the same path, so once its marker arrived, anything of "w" would
+    # have too.
+    await until(lambda: recorder.ids("other") == marker)
+    assert recorder.ids("w") == ids
+
+
+async def test_watch_delivers_terminal_event(backend: Backend) -> None:
+    engine, recorder = await backend.engine()
+    await engine.create("fin")
+    await engine.watch("fin")
+    end = await engine.append("fin", [*msgs(1), ("end", pack({"done": 1}))])
+    await until(lambda: len(recorder.ids("fin")) == 2)
+    assert recorder.ids("fin") == end.ids
+    last = recorder.events["fin"][-1]
+    assert last.type == "end" and last.terminal and last.data == {"done": 1}
+
+
+async def test_delete_notifies_watcher(backend: Backend) -> None:
+    engine, recorder = await backend.engine()
+    await engine.create("gone")
+    await engine.watch("gone")
+    await engine.delete("gone")
+    await until(lambda: recorder.gone == ["gone"])
+    await asyncio.sleep(0.1)
+    assert recorder.gone == ["gone"], "told once, although the deletion is also published"
+
+
+# -- what only a shared Redis does ----------------------------------------------------------
+
+
+async def test_key_layout(redis_backend: Backend) -> None:
+    backend = redis_backend
+    assert backend.client is not None
+    engine, _ = await backend.engine(Limits(idle_ttl=100, retention=200, max_messages=2))
+    await engine.create("lay")
+    result = await engine.append("lay", msgs(1, 2, 3), writer="w1", seq=4)
+    client: Any = backend.client  # raw replies: bytes, whatever redis-py's stubs allow
+    p = backend.prefix
+    keys = redis_layout.channel_keys(p, "lay")
+    assert (keys.events, keys.meta, keys.writers, keys.live) == (
+        f"{p}:{{lay}}:events", f"{p}:{{lay}}:meta", f"{p}:{{lay}}:writers", f"{p}:{{lay}}:live"
+    )
+    meta = {k.decode(): v.decode() for k, v in (await client.hgetall(keys.meta)).items()}
+    assert meta["state"] == "open" and meta["count"] == "3"
+    assert (meta["idle_ttl"], meta["retention"], meta["max_messages"]) == ("100", "200", "2")
+    assert meta["last_id"] == result.ids[-1] and meta["dropped_until"] == result.ids[0]
+    assert int(meta["updated_at"]) >= int(meta["created_at"])
+    assert await client.hget(keys.writers, "w1") == f"6 {result.ids[-1]}".encode()
+    entries = await client.xrange(keys.events)
+    assert [(i.decode(), f[b"type"], unpack(f[b"data"])) for i, f in entries] == [
+        (result.ids[1], b"message", 2),
+        (result.ids[2], b"message", 3),
+    ]
+    for name in keys.stored:
+        assert 99_000 < await client.pttl(name) <= 100_000
+    assert await client.zscore(redis_layout.index_key(p), "lay") == float(
+        meta["created_at"]
+    )
+    await engine.append("lay", [("end", pack(None))])
+    for name in keys.stored:
+        assert 199_000 < await client.pttl(name) <= 200_000
+
+
+async def test_invalid_batch_is_refused(redis_backend: Backend) -> None:
+    engine, _ = await redis_backend.engine()
+    await engine.create("v")
+    with pytest.raises(ValueError):
+        await engine.append("v", [("end", pack(None)), *msgs(1)])
+    with pytest.raises(ValueError):
+        await engine.append("v", msgs(1), writer="w", seq=0)
+    assert (await engine.read("v", None, 10)).events == []
+
+
+async def test_worker_writes_straight_into_redis(redis_backend: Backend) -> None:
+    """A worker appends with its own plain client; the broker's watcher relays it."""
+    backend = redis_backend
+    assert backend.new_client is not None
+    engine, recorder = await backend.engine()
+    await engine.create("job")
+    await engine.watch("job")
+    worker = backend.new_client()
+    ids: list[str] = []
+    for n in range(1, 4):
+        result = await redis_layout.append_events(
+            worker, backend.prefix, "job", msgs(n), writer="wk", seq=n
+        )
+        ids += result.ids
+    retry = await redis_layout.append_events(
+        worker, backend.prefix, "job", msgs(3), writer="wk", seq=3
+    )
+    assert retry.duplicate and retry.last_event_id == ids[-1]
+    ids += (
+        await redis_layout.append_events(
+            worker, backend.prefix, "job", [("end", pack("ok"))], writer="wk", seq=4
+        )
+    ).ids
+    with pytest.raises(ChannelEnded):
+        await redis_layout.append_events(worker, backend.prefix, "job", msgs(5))
+    with pytest.raises(ChannelNotFound):
+        await redis_layout.append_events(worker, backend.prefix, "missing", msgs(5))
+    await until(lambda: len(recorder.ids("job")) == 4)
+    assert recorder.ids("job") == ids
+    assert [e.data for e in recorder.events["job"]] == [1, 2, 3, "ok"]
+
+
+async def test_two_broker_processes(redis_backend: Backend) -> None:
+    """Both relay the same writes; a deletion on one disconnects the other's watchers."""
+    first, first_seen = await redis_backend.engine()
+    second, second_seen = await redis_backend.engine()
+    await first.create("shared")
+    await first.watch("shared")
+    await second.watch("shared")
+    ids = (await first.append("shared", msgs(1, 2))).ids
+    ids += (await second.append("shared", msgs(3))).ids
+    await until(lambda: len(first_seen.ids("shared")) == 3 == len(second_seen.ids("shared")))
+    assert first_seen.ids("shared") == ids == second_seen.ids("shared")
+    assert [c.id for c in await second.channels()] == ["shared"]
+    assert await second.delete("shared") is True
+    await until(lambda: first_seen.gone == ["shared"] and second_seen.gone == ["shared"])
+    assert await first.exists_many(["shared"]) == [False]
+
+
+async def test_watch_before_create(redis_backend: Backend) -> None:
+    engine, recorder = await redis_backend.engine()
+    await engine.watch("later")
+    await engine.create("later")
+    ids = (await engine.append("later", msgs(1))).ids
+    await until(lambda: recorder.ids("later") == ids)
+
+
+async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
+    if backend.kind == "redis":
+        client: Any = backend.client
+        killed = await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert killed >= 1
+    else:
+        # fakeredis has no CLIENT KILL: close the relay's connection under it instead. That does
+        # not wake a pending read on fakeredis, so the relay notices on its next health check
+        # (shortened by the test), as it would a half-open TCP connection.
+        conn = engine._conn
+        assert conn is not None
+        await conn.disconnect()
+
+
+async def test_pubsub_reconnect_catches_up(
+    redis_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events appended while the relay's pub/sub connection is down arrive once, in order."""
+    backend = redis_backend
+    # A long first retry delay makes sure the appends below happen while disconnected.
+    monkeypatch.setattr(redis_engine_module, "RECONNECT_MIN", 0.5)
+    monkeypatch.setattr(redis_engine_module, "HEALTH_INTERVAL", 0.2)
+    engine, recorder = await backend.engine()
+    assert isinstance(engine, RedisEngine)
+    assert backend.client is not None
+    for name in ("r1", "r2"):
+        await engine.create(name)
+        await engine.watch(name)
+    await engine.create("r3")
+    ids = {name: (await engine.append(name, msgs("before"))).ids for name in ("r1", "r2")}
+    await until(lambda: recorder.ids("r1") == ids["r1"] and recorder.ids("r2") == ids["r2"])
+
+    await _drop_pubsub(backend, engine)
+    await until(lambda: engine.reconnects == 1)
+    for n in range(10):
+        ids["r1"] += (await engine.append("r1", msgs(n))).ids
+    ids["r1"] += (await engine.append("r1", [("end", pack(None))])).ids
+    # Deleted by another process while we were not listening: its notice is lost, the
+    # catch-up must notice the channel is gone.
+    await engine.append("r2", msgs("lost with the channel"))
+    assert await redis_layout.delete_channel(backend.client, backend.prefix, "r2")
+    # Watched while disconnected: returns once subscribed on the new connection.
+    await engine.watch("r3")
+    r3 = (await engine.append("r3", msgs("live again"))).ids
+    await until(lambda: recorder.ids("r3") == r3)
+    await until(lambda: recorder.ids("r1") == ids["r1"])
+    assert recorder.gone == ["r2"]
+    assert recorder.ids("r2") == ids["r2"]
+    # And live delivery works on the new connection.
+    r3 += (await engine.append("r3", msgs("more"))).ids
+    await until(lambda: recorder.ids("r3") == r3)
+    assert engine.reconnects == 1
