@@ -1,7 +1,7 @@
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { Emitter, type Listener } from './emitter.js';
 import { UnbrokenError, httpError } from './errors.js';
-import { detectHost, globalEnv, type Env, type Host, type WebSocketCtor } from './host.js';
+import { detectHost, globalEnv, type AppStateLike, type Env, type Host, type WebSocketCtor } from './host.js';
 import { httpRequest } from './http.js';
 import { Deduper } from './ids.js';
 import { watchLifecycle } from './lifecycle.js';
@@ -49,6 +49,8 @@ export interface SSEChannelOptions {
   WebSocket?: WebSocketCtor;
   /** Resume on app show / page visible (default true). */
   lifecycle?: boolean;
+  /** React Native: pass `AppState` from 'react-native' so foregrounding resumes at once. */
+  appState?: AppStateLike;
 }
 
 export interface MessageMeta {
@@ -110,6 +112,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     this.opts = opts;
     const env: Env = { ...(opts.env || globalEnv()) };
     if (opts.WebSocket) env.WebSocket = opts.WebSocket;
+    if (opts.appState) env.AppState = opts.appState;
     this.host = detectHost(env);
     this.backoff = new Backoff(opts.backoff);
   }
@@ -238,6 +241,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
       headers: { ...this.opts.headers },
       window: t.window ?? 50,
       pollTimeout: t.poll ?? 25,
+      idle: this.idleMs(),
     };
     let alive = false;
     const current = () => gen === this.gen;

@@ -129,3 +129,28 @@ test('writer error() ends the channel; readers get a channel_error', async () =>
   assert.equal(err.data.message, 'upstream failed');
   assert.equal(ch.state, 'ended');
 });
+
+for (const transport of TRANSPORTS) {
+  test(`${transport}: a rejected token is a typed, final error (no retry loop)`, async () => {
+    // Hand the SDK a read token with a broken signature, as if it had been tampered with.
+    const realFetch = globalThis.fetch;
+    let streamRequests = 0;
+    const fetchWithBadToken = async (url, init) => {
+      if (!url.endsWith('/v1/channels')) streamRequests++;
+      const res = await realFetch(url, init);
+      if (!url.endsWith('/v1/channels')) return res;
+      const body = await res.json();
+      body.read_token = body.read_token.slice(0, -4) + 'AAAA';
+      return { status: res.status, headers: res.headers, text: async () => JSON.stringify(body) };
+    };
+    const env = { fetch: fetchWithBadToken, AbortController, ReadableStream, WebSocket };
+    const ch = new SSEChannel({ broker: broker.url, transport, env });
+    const errP = new Promise((r) => ch.on('error', r));
+    await ch.open();
+    const err = await errP;
+    assert.equal(err.code, 'token_invalid');
+    assert.equal(ch.state, 'closed');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(streamRequests <= 1, 'no retries after a final error');
+  });
+}

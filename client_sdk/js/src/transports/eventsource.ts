@@ -15,7 +15,9 @@ export const eventSourceTransport: Transport = {
   supported: (host) => typeof host.env.EventSource === 'function',
   connect(host, req, on) {
     let closed = false;
-    const url = withQuery(req.urls.events, { token: req.token, last_event_id: req.lastEventId, max_duration: req.window });
+    // Each stream ends (with a visible `reconnect` notice) before the watchdog would fire.
+    const window = Math.max(1, Math.min(req.window, Math.floor((req.idle * 0.8) / 1000)));
+    const url = withQuery(req.urls.events, { token: req.token, last_event_id: req.lastEventId, max_duration: window });
     const es = new host.env.EventSource!(url);
     const finish = (err?: UnbrokenError) => {
       if (closed) return;

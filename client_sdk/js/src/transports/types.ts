@@ -26,6 +26,8 @@ export interface ConnectRequest {
   window: number;
   /** Seconds the broker may hold a long-poll. */
   pollTimeout: number;
+  /** ms of silence the watchdog tolerates (transports that cannot see heartbeats stay under it). */
+  idle: number;
 }
 
 export interface TransportHandlers {
