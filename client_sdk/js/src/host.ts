@@ -170,7 +170,8 @@ function mpSupportsChunked(mp: MpApi, name: string | undefined): boolean {
     // Documented for mp-weixin (passes through to wx.request) and web (4.75+); App-Vue never.
     if (platform === 'app' || platform === 'mp-alipay' || platform === 'mp-baidu') return false;
   }
-  if (name === 'my' || name === 'swan') return false; // no chunked request documented
+  // No chunked request documented for Alipay, Baidu or Douyin (tt.request, 60 s max).
+  if (name === 'my' || name === 'swan' || name === 'tt') return false;
   if (typeof mp.canIUse === 'function') {
     const can = safe(() => mp.canIUse!('RequestTask.onChunkReceived'));
     if (can === false) return false;
