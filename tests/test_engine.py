@@ -8,6 +8,7 @@ worker writing straight into Redis, a dropped pub/sub connection).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections import defaultdict
@@ -133,6 +134,10 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+def _delivered(recorder: Recorder, channel_id: str, ids: list[str]) -> bool:
+    return recorder.ids(channel_id) == ids
 
 
 def msgs(*values: Any) -> list[tuple[EventType, bytes]]:
@@ -571,3 +576,42 @@ async def test_pubsub_reconnect_catches_up(
     r3 += (await engine.append("r3", msgs("more"))).ids
     await until(lambda: recorder.ids("r3") == r3)
     assert engine.reconnects == 1
+
+
+async def test_one_pubsub_connection_for_all_channels(redis_backend: Backend) -> None:
+    """The relay's cost does not grow with watched channels: one connection, one task."""
+    if redis_backend.kind != "redis":
+        pytest.skip("counts server-side connections; fakeredis has no CLIENT LIST TYPE")
+    client: Any = redis_backend.client
+    engine, recorder = await redis_backend.engine()
+    names = [f"many-{n}" for n in range(50)]
+    for name in names:
+        await engine.create(name)
+    await asyncio.gather(*(engine.watch(name) for name in names))
+    listing = await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+    assert len([line for line in _lines(listing) if line]) == 1
+    for name in names:
+        await engine.append(name, msgs(name))
+    await until(lambda: all(len(recorder.ids(name)) == 1 for name in names))
+
+
+def _lines(listing: Any) -> list[str]:
+    text = listing.decode() if isinstance(listing, bytes) else str(listing)
+    return text.splitlines()
+
+
+async def test_rewatch_after_unwatch(backend: Backend) -> None:
+    """Quick unwatch/watch cycles (the hub's last subscriber leaving, a new one arriving)."""
+    engine, recorder = await backend.engine()
+    await engine.create("cycle")
+    expected: list[str] = []
+    for n in range(5):
+        await engine.watch("cycle")
+        expected += (await engine.append("cycle", msgs(n))).ids
+        await until(functools.partial(_delivered, recorder, "cycle", list(expected)))
+        await engine.unwatch("cycle")
+        await engine.append("cycle", msgs("unwatched"))
+    await engine.watch("cycle")
+    expected += (await engine.append("cycle", msgs("last"))).ids
+    await until(lambda: recorder.ids("cycle") == expected)
+    assert recorder.gone == []
