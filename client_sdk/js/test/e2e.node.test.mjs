@@ -154,3 +154,25 @@ for (const transport of TRANSPORTS) {
     assert.ok(streamRequests <= 1, 'no retries after a final error');
   });
 }
+
+test('writer: a write whose answer was lost is retried with the same seq and stored once', async () => {
+  const ch = new SSEChannel({ broker: broker.url, transport: 'fetch' });
+  await ch.open();
+  const c = collect(ch);
+  // The backend reaches the broker through a proxy that loses the next two answers.
+  const lossy = await startProxy(broker.port);
+  try {
+    const token = { ...ch.toJSON(), broker: lossy.url };
+    const w = deserializeChannel(token, { retries: 5 });
+    await w.write({ i: 0, text: 'héllo ✓ 🚀 0' });
+    lossy.swallowResponses(2);
+    const r = await w.write({ i: 1, text: 'héllo ✓ 🚀 1' }); // stored by attempt 1, answered to attempt 3
+    assert.equal(r.duplicate, true, 'the retry was recognised as already stored');
+    await w.write({ i: 2, text: 'héllo ✓ 🚀 2' });
+    await w.end(null);
+    await c.done;
+    assertExactlyOnce(assert, c.messages, 3);
+  } finally {
+    await lossy.close();
+  }
+});

@@ -104,8 +104,13 @@ print("wrote", n, "worker" if has_worker else "http")
 /** Spawn a Python backend that writes n messages (then end) to the channel token. */
 export function pythonWrite(token, n, { delay = 0, end = true } = {}) {
   return new Promise((resolve, reject) => {
+    // The test broker runs the memory engine: the worker must write over HTTP, not to a Redis
+    // that UNBROKEN_REDIS_URL might name.
+    const env = { ...process.env };
+    delete env.UNBROKEN_REDIS_URL;
     const proc = spawn('python3', ['-c', PY_WRITER, JSON.stringify(token), String(n), String(delay), end ? '1' : '0'], {
       cwd: REPO,
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
@@ -127,11 +132,19 @@ export function expectedMessage(i) {
 export async function startProxy(targetPort) {
   const conns = new Set();
   let paused = false;
+  let swallow = 0;
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPort, '127.0.0.1');
     const pair = { client, upstream, paused: false };
     conns.add(pair);
     upstream.on('data', (d) => {
+      if (swallow > 0) {
+        // The broker did the work; its answer is lost on the way back (a timed-out request).
+        swallow--;
+        client.destroy();
+        upstream.destroy();
+        return;
+      }
       if (!paused && !pair.paused) client.write(d);
     });
     client.on('data', (d) => {
@@ -164,6 +177,10 @@ export async function startProxy(targetPort) {
     /** Freeze the current connections only: bytes stop, sockets stay open; new ones work. */
     hangCurrent() {
       for (const p of conns) p.paused = true;
+    },
+    /** Drop the next n responses after the broker sent them (the request did take effect). */
+    swallowResponses(n) {
+      swallow = n;
     },
     /** Freeze everything (new connections too) until resume(). */
     pause() {
