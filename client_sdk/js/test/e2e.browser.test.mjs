@@ -86,3 +86,35 @@ for (const transport of ['auto', 'eventsource', 'xhr', 'websocket', 'poll']) {
     }
   });
 }
+
+test('chromium: page hidden then visible resumes at once from the last id (a frozen line is not waited out)', { skip }, async () => {
+  const page = await browser.newPage();
+  try {
+    // Idle watchdog of 60 s: only the visibility hook can explain a quick resume.
+    await page.goto(`http://127.0.0.1:${site.address().port}/?broker=${encodeURIComponent(proxy.url)}&transport=fetch&idle=60000`);
+    await page.waitForFunction(() => window.testState && window.testState.token, null, { timeout: 15000 });
+    const token = await page.evaluate(() => window.testState.token);
+    const writing = pythonWrite(JSON.parse(token), 200, { delay: 0.01 });
+    await page.waitForFunction(() => window.testState.count >= 50, null, { timeout: 20000 });
+    // The phone locks: the connection freezes silently while the page is hidden.
+    proxy.hangCurrent();
+    const setVisibility = (v) =>
+      page.evaluate((v) => {
+        Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => v });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, v);
+    await setVisibility('hidden');
+    await writing;
+    await sleep(1200);
+    const t0 = Date.now();
+    await setVisibility('visible');
+    await page.waitForFunction(() => window.testState.ended, null, { timeout: 15000 });
+    const elapsed = Date.now() - t0;
+    const items = await page.$$eval('#out li', (lis) => lis.map((li) => JSON.parse(li.textContent)));
+    assert.equal(items.length, 200);
+    items.forEach((m, i) => assert.deepEqual(m, expectedMessage(i)));
+    assert.ok(elapsed < 10000, `resumed ${elapsed} ms after becoming visible`);
+  } finally {
+    await page.close();
+  }
+});

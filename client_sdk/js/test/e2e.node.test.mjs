@@ -176,3 +176,30 @@ test('writer: a write whose answer was lost is retried with the same seq and sto
     await lossy.close();
   }
 });
+
+test('gap: history trimmed while the reader was away is announced, then the rest is replayed', async () => {
+  const small = await startBroker({ heartbeat: 1, extra: ['--max-messages', '10'] });
+  const px = await startProxy(small.port);
+  try {
+    const ch = new SSEChannel({ broker: px.url, transport: 'fetch' });
+    await ch.open();
+    const gaps = [];
+    ch.on('gap', (g) => gaps.push(g));
+    const c = collect(ch, { timeout: 30000 });
+    const w = deserializeChannel({ ...ch.toJSON(), broker: small.url });
+    for (let i = 0; i < 5; i++) await w.write(i);
+    while (c.messages.length < 5) await new Promise((r) => setTimeout(r, 20));
+    px.hangCurrent(); // the reader goes silent; the watchdog will bring it back
+    for (let i = 5; i < 40; i++) await w.write(i);
+    await w.end(null);
+    await c.done;
+    assert.equal(gaps.length, 1, 'one gap notice');
+    assert.ok(typeof gaps[0].first_id === 'string');
+    // The first 5, then what the broker still keeps (the last 10 events: 31..39 and the end).
+    assert.deepEqual(c.messages.slice(0, 5), [0, 1, 2, 3, 4]);
+    assert.deepEqual(c.messages.slice(5), [31, 32, 33, 34, 35, 36, 37, 38, 39]);
+  } finally {
+    await px.close();
+    await small.stop();
+  }
+});
