@@ -400,6 +400,17 @@ async def test_watch_delivers_in_order_until_unwatch(backend: Backend) -> None:
     assert recorder.ids("w") == ids
 
 
+async def test_batch_append_is_delivered_in_few_calls(redis_backend: Backend) -> None:
+    """A batch append publishes one message per entry; the relay hands them over together."""
+    engine, recorder = await redis_backend.engine()
+    await engine.create("burst")
+    await engine.watch("burst")
+    ids = (await engine.append("burst", msgs(*range(50)))).ids
+    await until(lambda: len(recorder.ids("burst")) == 50)
+    assert recorder.ids("burst") == ids
+    assert recorder.calls < 50, "buffered pub/sub messages are delivered as one batch"
+
+
 async def test_watch_delivers_terminal_event(backend: Backend) -> None:
     engine, recorder = await backend.engine()
     await engine.create("fin")

@@ -124,6 +124,9 @@ class RedisEngine(Engine):
         self._pending: deque[tuple[bytes, bytes, _Watch | None]] = deque()
         self._send_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        # Events read from pub/sub, handed to `deliver` once the read buffer is drained.
+        self._queued: dict[str, tuple[_Watch, list[Event]]] = {}
+        self._flush_scheduled = False
         self._closing = False
         self.reconnects = 0  # pub/sub reconnections (for metrics and tests)
 
@@ -417,39 +420,72 @@ class RedisEngine(Engine):
         except ValueError:
             log.warning("ignoring a malformed message on %r", live)
             return
-        self._deliver_events(channel_id, watch, [event])
-
-    def _deliver_events(self, channel_id: str, watch: _Watch, events: Sequence[Event]) -> None:
-        fresh = [e for e in events if e.key > watch.last_key]
-        if not fresh or self._deliver is None or watch.gone:
+        if event.key <= watch.last_key:
             return
         watch.existed = True
-        watch.last_key = fresh[-1].key
-        watch.last_id = fresh[-1].id
+        watch.last_key, watch.last_id = event.key, event.id
+        # Replies already in the read buffer are parsed without yielding to the event loop, so
+        # a flush scheduled with call_soon hands a whole batch append (or a burst) to the hub
+        # in one call per channel.
+        queued = self._queued.get(channel_id)
+        if queued is not None and queued[0] is not watch:
+            self._flush()  # events of an earlier watch of this name; dropped by _flush
+            queued = None
+        if queued is None:
+            self._queued[channel_id] = (watch, [event])
+        else:
+            queued[1].append(event)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, {}
+        for channel_id, (watch, events) in queued.items():
+            if self._watched.get(channel_id) is watch and not watch.gone:
+                self._call_deliver(channel_id, events)
+
+    def _call_deliver(self, channel_id: str, events: Sequence[Event] | None) -> None:
+        if self._deliver is None:
+            return
         try:
-            self._deliver(channel_id, fresh)
+            self._deliver(channel_id, events)
         except Exception:
             log.exception("deliver() failed for channel %s", channel_id)
 
-    def _deliver_gone(self, channel_id: str, watch: _Watch) -> None:
-        if watch.gone or self._deliver is None:
+    def _deliver_events(self, channel_id: str, watch: _Watch, events: Sequence[Event]) -> None:
+        """Deliver at once (after what is queued), skipping what was delivered already."""
+        fresh = [e for e in events if e.key > watch.last_key]
+        if not fresh or watch.gone:
             return
+        self._flush()
+        watch.existed = True
+        watch.last_key, watch.last_id = fresh[-1].key, fresh[-1].id
+        self._call_deliver(channel_id, fresh)
+
+    def _deliver_gone(self, channel_id: str, watch: _Watch) -> None:
+        if watch.gone:
+            return
+        self._flush()  # events published before the deletion first
         watch.gone = True
-        try:
-            self._deliver(channel_id, None)
-        except Exception:
-            log.exception("deliver(None) failed for channel %s", channel_id)
+        self._call_deliver(channel_id, None)
 
     async def _catch_up(self, batch: Sequence[_Watch]) -> None:
-        """Deliver what was appended to these channels while the pub/sub connection was down."""
+        """Deliver what was appended to these channels while the pub/sub connection was down.
+
+        One pipeline per round for all channels (not a round trip per channel); channels with
+        more than a page missed go another round.
+        """
+        todo: list[tuple[str, _Watch, str | None]] = []
         for watch in batch:
             channel_id = self._by_live.get(watch.live)
-            if channel_id is None or self._watched.get(channel_id) is not watch:
-                continue
-            keys = channel_keys(self.prefix, channel_id)
-            start = watch.last_id or watch.floor
-            while True:
-                async with self._redis.pipeline(transaction=True) as pipe:
+            if channel_id is not None and self._watched.get(channel_id) is watch:
+                todo.append((channel_id, watch, watch.last_id or watch.floor))
+        while todo:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel_id, _, start in todo:
+                    keys = channel_keys(self.prefix, channel_id)
                     pipe.exists(keys.meta)
                     pipe.xrange(
                         keys.events,
@@ -457,17 +493,22 @@ class RedisEngine(Engine):
                         max="+",
                         count=CATCH_UP_PAGE,
                     )
-                    exists, entries = await pipe.execute()
+                replies = await pipe.execute()
+            again: list[tuple[str, _Watch, str | None]] = []
+            for n, (channel_id, watch, _) in enumerate(todo):
+                exists, entries = replies[2 * n], replies[2 * n + 1]
+                if self._watched.get(channel_id) is not watch:
+                    continue  # unwatched while we waited
                 if not exists:
+                    # Deleted or expired while we were not listening (its notice is lost).
                     if watch.existed:
                         self._deliver_gone(channel_id, watch)
-                    break
-                watch.existed = True
+                    continue
                 events = [_entry_event(entry_id, fields) for entry_id, fields in entries]
                 self._deliver_events(channel_id, watch, events)
-                if len(entries) < CATCH_UP_PAGE:
-                    break
-                start = events[-1].id
+                if len(entries) == CATCH_UP_PAGE:
+                    again.append((channel_id, watch, events[-1].id))
+            todo = again
 
 
 def _entry_event(entry_id: Any, fields: dict[Any, Any]) -> Event:
