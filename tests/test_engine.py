@@ -411,6 +411,46 @@ async def test_batch_append_is_delivered_in_few_calls(redis_backend: Backend) ->
     assert recorder.calls < 50, "buffered pub/sub messages are delivered as one batch"
 
 
+async def test_newlines_and_large_values_survive_the_relay(backend: Backend) -> None:
+    """Live messages are split on their first two newlines only; the data may hold any bytes."""
+    engine, recorder = await backend.engine()
+    await engine.create("nl")
+    await engine.watch("nl")
+    values: list[Any] = ["a\nb\n\nc", "\n", {"k\n": ["\n\n", 1.5, None]}, "x" * 300_000]
+    result = await engine.append("nl", msgs(*values))
+    await until(lambda: len(recorder.ids("nl")) == len(values))
+    assert recorder.ids("nl") == result.ids
+    assert [e.data for e in recorder.events["nl"]] == values
+    assert [e.data for e in (await engine.read("nl", None, 10)).events] == values
+
+
+async def test_concurrent_writers(backend: Backend) -> None:
+    engine, recorder = await backend.engine()
+    await engine.create("many")
+    await engine.watch("many")
+
+    async def write(writer: int) -> list[str]:
+        ids: list[str] = []
+        for seq in range(1, 11):
+            result = await engine.append("many", msgs([writer, seq]), writer=f"w{writer}", seq=seq)
+            assert not result.duplicate
+            ids += result.ids
+        return ids
+
+    per_writer = await asyncio.gather(*(write(n) for n in range(20)))
+    page = await engine.read("many", None, 1000)
+    assert len(page.events) == 200
+    assert [e.key for e in page.events] == sorted(e.key for e in page.events)
+    assert sorted(e.id for e in page.events) == sorted(i for ids in per_writer for i in ids)
+    for n, ids in enumerate(per_writer):  # each writer's events are in its own order
+        mine = [e for e in page.events if e.data[0] == n]
+        assert [e.id for e in mine] == ids and [e.data[1] for e in mine] == list(range(1, 11))
+    await until(lambda: len(recorder.ids("many")) == 200)
+    assert recorder.ids("many") == [e.id for e in page.events]
+    info = await engine.info("many")
+    assert info is not None and info.messages == 200
+
+
 async def test_watch_delivers_terminal_event(backend: Backend) -> None:
     engine, recorder = await backend.engine()
     await engine.create("fin")

@@ -115,6 +115,8 @@ class RedisEngine(Engine):
         else:
             self._redis = client
             self._owns_client = False
+        if self._redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("the Redis client must return bytes (decode_responses=False)")
         self.prefix = prefix
         self._watched: dict[str, _Watch] = {}
         self._by_live: dict[bytes, str] = {}
@@ -290,7 +292,11 @@ class RedisEngine(Engine):
         watch.waiters.append(waiter)
         # While disconnected, the relay task subscribes every watched channel when it is back.
         await self._send(b"subscribe", watch)
-        await waiter
+        try:
+            await waiter
+        finally:
+            if waiter in watch.waiters:  # cancelled: nothing will resolve it any more
+                watch.waiters.remove(waiter)
 
     async def unwatch(self, channel_id: str) -> None:
         watch = self._watched.pop(channel_id, None)
