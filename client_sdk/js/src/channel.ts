@@ -103,7 +103,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
   private connectedAt = 0;
   private hiddenAt: number | undefined;
   private unwatch: (() => void) | undefined;
-  private backlog: unknown[] = [];
+  private backlog: { data: unknown; meta: MessageMeta }[] = [];
   private readonly iterators = new Set<ChannelIterator>();
 
   constructor(opts: SSEChannelOptions) {
@@ -160,7 +160,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
 
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     const it = new ChannelIterator(() => this.iterators.delete(it));
-    for (const data of this.backlog) it.push(data);
+    for (const item of this.backlog) it.push(item.data);
     this.backlog = [];
     if (this.state === 'ended') it.end();
     else if (this.state === 'closed') it.end();
@@ -374,6 +374,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
         this.endData = ev.data;
         this.finish('ended');
         this.emit('end', ev.data);
+        this.emit('close'); // as uniCloud's SSEChannel: end, then close
         return;
       case 'error': {
         if (!this.dedupe.accept(ev.id)) return;
@@ -381,6 +382,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
         const err = new UnbrokenError('channel_error', (d && d.message) || 'the writer reported an error', { data: ev.data });
         this.finish('ended', err);
         this.emit('error', err);
+        this.emit('close');
         return;
       }
       case 'gap':
@@ -398,7 +400,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
   private deliver(data: unknown, meta: MessageMeta): void {
     if (!this.listenerCount('message') && !this.iterators.size) {
       // Nobody listens yet (messages raced ahead of `for await`): keep them, bounded.
-      if (this.backlog.length < 10000) this.backlog.push(data);
+      if (this.backlog.length < 10000) this.backlog.push({ data, meta });
       return;
     }
     for (const it of this.iterators) it.push(data);
@@ -408,7 +410,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
   private flushBacklog(): void {
     const items = this.backlog;
     this.backlog = [];
-    for (const data of items) this.emit('message', data, { transport: this.transport || 'poll' });
+    for (const item of items) this.emit('message', item.data, item.meta);
   }
 
   private fail(err: UnbrokenError): void {

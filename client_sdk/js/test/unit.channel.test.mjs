@@ -225,3 +225,21 @@ test('lifecycle: app show after hide resumes at once from the last id (no global
   assert.equal(shows.length, 0, 'hooks removed when the channel ends');
   assert.equal(hides.length, 0);
 });
+
+test('messages that arrive before any listener are kept and handed over in order, with meta', async () => {
+  const { env, nextStream } = scriptedEnv();
+  const ch = new SSEChannel({ broker: 'http://b', env, transport: 'fetch' });
+  const events = [];
+  ch.on('close', () => events.push('close'));
+  await ch.open();
+  const s1 = await nextStream(1);
+  s1.push(ev('1-0', 'early1') + ev('2-0', 'early2'));
+  await sleep(5);
+  const got = [];
+  ch.on('message', (d, meta) => got.push([d, meta.id]));
+  s1.push(ev('3-0', 'late') + ev('4-0', 'fin', 'end'));
+  await sleep(5);
+  ch.on('end', () => {});
+  assert.deepEqual(got, [['early1', '1-0'], ['early2', '2-0'], ['late', '3-0']]);
+  assert.deepEqual(events, ['close'], 'close follows end, as in uniCloud');
+});
