@@ -131,6 +131,7 @@ class RedisEngine(Engine):
         self._flush_scheduled = False
         self._closing = False
         self.reconnects = 0  # pub/sub reconnections (for metrics and tests)
+        self.caught_up = 0  # events delivered from the streams after a reconnect
 
     @property
     def redis(self) -> Redis:
@@ -460,15 +461,16 @@ class RedisEngine(Engine):
         except Exception:
             log.exception("deliver() failed for channel %s", channel_id)
 
-    def _deliver_events(self, channel_id: str, watch: _Watch, events: Sequence[Event]) -> None:
+    def _deliver_events(self, channel_id: str, watch: _Watch, events: Sequence[Event]) -> int:
         """Deliver at once (after what is queued), skipping what was delivered already."""
         fresh = [e for e in events if e.key > watch.last_key]
         if not fresh or watch.gone:
-            return
+            return 0
         self._flush()
         watch.existed = True
         watch.last_key, watch.last_id = fresh[-1].key, fresh[-1].id
         self._call_deliver(channel_id, fresh)
+        return len(fresh)
 
     def _deliver_gone(self, channel_id: str, watch: _Watch) -> None:
         if watch.gone:
@@ -511,7 +513,7 @@ class RedisEngine(Engine):
                         self._deliver_gone(channel_id, watch)
                     continue
                 events = [_entry_event(entry_id, fields) for entry_id, fields in entries]
-                self._deliver_events(channel_id, watch, events)
+                self.caught_up += self._deliver_events(channel_id, watch, events)
                 if len(entries) == CATCH_UP_PAGE:
                     again.append((channel_id, watch, events[-1].id))
             todo = again
