@@ -470,6 +470,15 @@ async def test_delete_notifies_watcher(backend: Backend) -> None:
     await until(lambda: recorder.gone == ["gone"])
     await asyncio.sleep(0.1)
     assert recorder.gone == ["gone"], "told once, although the deletion is also published"
+    # Still watched (the hub unwatches when its subscribers leave): a channel created again under
+    # that name is delivered, and its deletion told again.
+    await engine.create("gone")
+    ids = (await engine.append("gone", msgs("again"))).ids
+    await until(lambda: recorder.ids("gone") == ids)
+    await engine.delete("gone")
+    await until(lambda: recorder.gone == ["gone", "gone"])
+    await asyncio.sleep(0.1)
+    assert recorder.gone == ["gone", "gone"]
 
 
 # -- what only a shared Redis does ----------------------------------------------------------

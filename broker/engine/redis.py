@@ -82,7 +82,9 @@ class _Watch:
     last_id: str | None = None  # last delivered
     last_key: tuple[int, int] = (-1, -1)
     confirmed: bool = False
-    gone: bool = False  # deliver(None) was called
+    # deliver(None) was called and no event came since: a deletion is told once, although a
+    # local delete() both calls deliver(None) and publishes the notice every process receives.
+    gone: bool = False
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def wake(self) -> None:
@@ -450,7 +452,8 @@ class RedisEngine(Engine):
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
         for channel_id, (watch, events) in queued.items():
-            if self._watched.get(channel_id) is watch and not watch.gone:
+            if self._watched.get(channel_id) is watch:
+                watch.gone = False  # recreated under the same name, like the memory engine
                 self._call_deliver(channel_id, events)
 
     def _call_deliver(self, channel_id: str, events: Sequence[Event] | None) -> None:
@@ -464,10 +467,11 @@ class RedisEngine(Engine):
     def _deliver_events(self, channel_id: str, watch: _Watch, events: Sequence[Event]) -> int:
         """Deliver at once (after what is queued), skipping what was delivered already."""
         fresh = [e for e in events if e.key > watch.last_key]
-        if not fresh or watch.gone:
+        if not fresh:
             return 0
         self._flush()
         watch.existed = True
+        watch.gone = False
         watch.last_key, watch.last_id = fresh[-1].key, fresh[-1].id
         self._call_deliver(channel_id, fresh)
         return len(fresh)
