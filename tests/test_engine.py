@@ -746,3 +746,25 @@ async def test_relay_survives_drops_under_load(
     await asyncio.sleep(0.1)
     assert recorder.ids("load") == written
     assert engine.caught_up > 0, "some events were appended while disconnected"
+
+
+async def test_engine_from_url_absorbs_bursts(redis_url: str) -> None:
+    """The engine's own pool waits for a free connection rather than failing a burst."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    engine = RedisEngine(Limits(), redis_url, prefix=prefix, max_connections=8)
+    recorder = Recorder()
+    await engine.start(recorder)
+    try:
+        names = [f"burst-{n}" for n in range(150)]
+        await asyncio.gather(*(engine.create(name) for name in names))
+        await asyncio.gather(*(engine.watch(name) for name in names))
+        results = await asyncio.gather(*(engine.append(name, msgs(name)) for name in names))
+        expected = {name: result.ids for name, result in zip(names, results, strict=True)}
+        await until(lambda: {name: recorder.ids(name) for name in names} == expected)
+        assert len(await engine.channels()) == 150
+        for name in names:
+            await engine.delete(name)
+    finally:
+        await engine.close()
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisEngine(Limits(), f"{redis_url}?decode_responses=True")

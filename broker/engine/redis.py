@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL = 15.0
 RECONNECT_MIN = 0.05  # seconds; doubled per failed attempt up to RECONNECT_MAX
 RECONNECT_MAX = 5.0
+POOL_TIMEOUT = 10.0  # seconds a command waits for a free pooled connection before failing
 CATCH_UP_PAGE = 1000  # entries per XRANGE when catching up after a reconnect
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -105,14 +106,23 @@ class RedisEngine(Engine):
         *,
         prefix: str = DEFAULT_PREFIX,
         client: Redis | None = None,
+        max_connections: int = 64,
     ) -> None:
-        """Connect to `url`, or use `client` (its owner closes it; it must return bytes)."""
+        """Connect to `url`, or use `client` (its owner closes it; it must return bytes).
+
+        `max_connections` bounds the command pool; the pub/sub connection comes on top.
+        """
         super().__init__(limits)
         if client is None:
             if url is None:
                 raise ValueError("RedisEngine needs a url or a client")
-            # Payloads are msgpack: replies must stay bytes whatever the URL says.
-            self._redis: Redis = Redis.from_url(url, decode_responses=False)
+            # A burst of requests waits for a free connection instead of failing with "Too many
+            # connections" (what redis-py's default pool does past 100). Payloads are msgpack:
+            # replies must stay bytes.
+            pool = BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=POOL_TIMEOUT, decode_responses=False
+            )
+            self._redis: Redis = Redis.from_pool(pool)
             self._owns_client = True
         else:
             self._redis = client
