@@ -196,6 +196,8 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
       throw httpError(res.status, res.text);
     }
     this.info = JSON.parse(res.text) as OpenResponse;
+    // close() while the POST was in flight: the channel exists (toJSON works) but we stay closed.
+    if (this.state === 'closed') return;
     this.candidates = this.pickCandidates();
     if (!this.candidates.length) {
       const err = new UnbrokenError('no_transport', 'no transport of ' + JSON.stringify(this.opts.transport || 'auto') + ' works on this runtime');
@@ -278,7 +280,6 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
   private onFirstByte(transport: Transport): void {
     clearTimeout(this.firstByteTimer);
     this.failedInRound = 0;
-    this.backoff.reset();
     // Only a channel's first connection teaches: a fallback taken while the app was in
     // background must not demote a better transport for every later channel.
     if (this.isAuto() && !this.transport) remembered[this.memoryKey] = { name: transport.name, at: Date.now() };
@@ -330,6 +331,9 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
       return;
     }
     let delay = 0;
+    // A connection that delivered for a while proves the path; one that opens and drops at once
+    // (a flapping proxy) keeps widening the backoff instead of spinning.
+    if (alive && Date.now() - this.connectedAt > 5000) this.backoff.reset();
     if (!alive) {
       const memo = remembered[this.memoryKey];
       if (memo && memo.name === transport.name) remembered[this.memoryKey] = undefined;
@@ -367,6 +371,7 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     switch (ev.type) {
       case 'message':
         if (!this.dedupe.accept(ev.id)) return;
+        this.backoff.reset();
         this.deliver(ev.data, { id: ev.id, transport: transport.name });
         return;
       case 'end':

@@ -243,3 +243,17 @@ test('messages that arrive before any listener are kept and handed over in order
   assert.deepEqual(got, [['early1', '1-0'], ['early2', '2-0'], ['late', '3-0']]);
   assert.deepEqual(events, ['close'], 'close follows end, as in uniCloud');
 });
+
+test('close() while open() is in flight leaves no connection and no lifecycle hook behind', async () => {
+  const { env, streams } = scriptedEnv();
+  const shows = [];
+  env.wx = { request() {}, onAppShow: (f) => shows.push(f), onAppHide: () => {} };
+  const ch = new SSEChannel({ broker: 'http://b', env, transport: 'fetch' });
+  const opening = ch.open();
+  ch.close();
+  await opening;
+  await sleep(20);
+  assert.equal(ch.state, 'closed');
+  assert.equal(streams.length, 0);
+  assert.equal(shows.length, 0);
+});
