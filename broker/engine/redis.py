@@ -344,7 +344,7 @@ class RedisEngine(Engine):
             except asyncio.CancelledError:
                 raise
             except _CONNECTION_ERRORS as exc:
-                log.warning("redis pub/sub connection lost (%s); reconnecting in %.2fs", exc, delay)
+                log.warning("redis pub/sub connection: %s; retrying in %.2fs", exc, delay)
             except Exception:
                 log.exception("redis relay failed; reconnecting in %.2fs", delay)
             finally:
