@@ -45,7 +45,9 @@ def dumps(value: Any) -> str:
 class Event:
     """One stored event, with lazily built and cached wire encodings."""
 
-    __slots__ = ("_data_json", "_sse", "_ws", "id", "key", "payload", "type")
+    __slots__ = (
+        "_data_json", "_sse", "_sse_chunk", "_ws", "_ws_frame", "id", "key", "payload", "type",
+    )
 
     def __init__(self, id: str, type: EventType, payload: bytes) -> None:
         self.id = id
@@ -55,6 +57,8 @@ class Event:
         self._data_json: str | None = None
         self._sse: bytes | None = None
         self._ws: str | None = None
+        self._sse_chunk: bytes | None = None
+        self._ws_frame: bytes | None = None
 
     @property
     def terminal(self) -> bool:
@@ -81,6 +85,29 @@ class Event:
         if self._ws is None:
             self._ws = f'{{"type":"{self.type}","id":"{self.id}","data":{self.data_json}}}'
         return self._ws
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE frame as one HTTP/1.1 chunk, for writing straight to a chunked response."""
+        if self._sse_chunk is None:
+            sse = self.sse
+            self._sse_chunk = b"%x\r\n%b\r\n" % (len(sse), sse)
+        return self._sse_chunk
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The `ws` text as one unmasked, uncompressed WebSocket frame (RFC 6455 §5.2)."""
+        if self._ws_frame is None:
+            payload = self.ws.encode()
+            size = len(payload)
+            if size < 126:
+                header = bytes((0x81, size))
+            elif size < 65536:
+                header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+            else:
+                header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+            self._ws_frame = header + payload
+        return self._ws_frame
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "data": self.data}

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from broker.engine.base import Engine
 from broker.events import Event
@@ -22,17 +22,32 @@ EXPIRY_CHECK_INTERVAL = 30.0  # seconds between checks that watched channels sti
 
 
 class Closed(Exception):
-    """The subscriber must stop: `reason` is gone | slow_consumer | shutdown."""
+    """The subscriber must stop: gone | slow_consumer | shutdown | client_closed."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
+# Writes already-framed bytes of these events to the reader's socket, synchronously.
+DirectWrite = Callable[[Sequence[Event]], None]
+
+
 class Subscriber:
+    """One connected reader.
+
+    Events reach it in one of two ways. While its handler is parked waiting and nothing is
+    queued, the hub writes each event's cached, already-framed bytes straight to the socket
+    (`attach_socket`): no wake-up, no copy per reader. Otherwise events wait in a queue bounded
+    by bytes, and the handler writes them when it runs. Either way the bound is
+    `max_pending` bytes not yet taken by the network.
+    """
+
     __slots__ = (
         "_queue",
+        "_socket",
         "_waiter",
+        "_write",
         "channel_id",
         "closed",
         "last_key",
@@ -50,10 +65,20 @@ class Subscriber:
         self.closed: str | None = None
         self._queue: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._socket: asyncio.BaseTransport | None = None
+        self._write: DirectWrite | None = None
+
+    def attach_socket(self, socket: asyncio.BaseTransport | None, write: DirectWrite) -> None:
+        """Allow direct writes to `socket` while the handler is parked in next_batch()."""
+        if isinstance(socket, asyncio.WriteTransport):
+            self._socket, self._write = socket, write
 
     def push(self, events: Sequence[Event]) -> None:
         if self.closed is not None:
             return
+        if self._waiter is not None and self._write is not None and not self._queue:
+            if self._write_direct(events):
+                return
         for event in events:
             self._queue.append(event)
             self.pending += len(event.sse)
@@ -61,6 +86,29 @@ class Subscriber:
             self.close("slow_consumer")
         else:
             self._wake()
+
+    def _write_direct(self, events: Sequence[Event]) -> bool:
+        """True when the events were written (or the reader closed); False to queue them.
+
+        Terminal events take the queue: the handler must write them itself and then close.
+        """
+        socket = self._socket
+        assert isinstance(socket, asyncio.WriteTransport) and self._write is not None
+        if events[-1].terminal:
+            return False
+        if socket.is_closing():
+            self.close("client_closed")
+            return True
+        if socket.get_write_buffer_size() > self.max_pending:
+            self.close("slow_consumer")
+            return True
+        if events[0].key <= self.last_key:  # only after a replay overlap: rare
+            events = [event for event in events if event.key > self.last_key]
+            if not events:
+                return True
+        self._write(events)
+        self.last_key = events[-1].key
+        return True
 
     def close(self, reason: str) -> None:
         if self.closed is None:
@@ -93,7 +141,11 @@ class Subscriber:
         return batch
 
     async def next_batch(self, timeout: float | None) -> list[Event]:
-        """Wait for new events; [] when `timeout` passed first. Raises Closed."""
+        """Wait for new events; [] when `timeout` passed first. Raises Closed.
+
+        While waiting, events may also be written straight to the socket (see attach_socket);
+        those are not returned here.
+        """
         batch = self.take()
         if batch:
             return batch

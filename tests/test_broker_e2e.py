@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -403,3 +404,27 @@ async def test_named_channel_and_status(broker: Broker) -> None:
     ) as response:
         status = await response.json()
     assert status["state"] == "ended" and status["messages"] == 3
+
+
+async def test_stalled_reader_is_dropped_and_the_others_keep_flowing(settings: Settings) -> None:
+    async with running_broker(settings.with_overrides(max_pending_bytes=256 * 1024)) as broker:
+        opened = await broker.open()
+        host, port = broker.url.removeprefix("http://").split(":")
+        # A reader that sends its request and then never reads: its socket buffers fill up.
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, (host, int(port)))
+        _, stalled = await asyncio.open_connection(sock=raw, limit=1024)
+        path = f"/v1/channels/{opened['id']}/events?token={opened['read_token']}"
+        stalled.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        healthy = asyncio.create_task(read(broker.session, opened, "ws"))
+        await wait_for_subscribers(broker, opened, 2)
+        hub = broker.app[__import__("broker.context").context.CONTEXT].hub
+        async with Channel.from_token(opened["channel_token"]) as channel:
+            for n in range(200):  # ~10 MB: more than any loopback socket buffers hold
+                await channel.write_many([{"n": n, "pad": "x" * 2000}] * 25)
+        received = await asyncio.wait_for(healthy, 60)
+        assert len(received.messages) == 5000 and received.terminal == ("end", None)
+        assert hub.slow_consumers == 1
+        stalled.close()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from broker.errors import ApiError
+from broker.events import Event
 from broker.hub import Closed
 from broker.transports.reading import (
     Reading,
@@ -55,8 +58,10 @@ async def _serve(
         if reading.nothing_left:
             return web.Response(status=204)
         response = web.StreamResponse(headers=SSE_HEADERS)
-        response.enable_chunked_encoding()
+        if request.version >= HttpVersion11:  # HTTP/1.0 readers get the stream until close
+            response.enable_chunked_encoding()
         await response.prepare(request)
+        _attach_direct_writes(reading, request, response)
         await _relay(reading, response, duration)
         return response
     except (ConnectionResetError, ConnectionError):
@@ -93,6 +98,24 @@ async def _relay(reading: Reading, response: web.StreamResponse, duration: float
             return
         else:
             await response.write(HEARTBEAT)
+
+
+def _attach_direct_writes(
+    reading: Reading, request: web.Request, response: web.StreamResponse
+) -> None:
+    socket = request.transport
+    if not isinstance(socket, asyncio.WriteTransport):
+        return
+    if response.chunked:
+
+        def write(events: Sequence[Event]) -> None:
+            socket.write(b"".join(event.sse_chunk for event in events))
+    else:
+
+        def write(events: Sequence[Event]) -> None:
+            socket.write(b"".join(event.sse for event in events))
+
+    reading.subscriber.attach_socket(socket, write)
 
 
 def _reconnect(reason: str) -> bytes:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 from aiohttp import WSMsgType, web
 
 from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
-from broker.events import dumps
+from broker.events import Event, dumps
 from broker.hub import Closed
 from broker.transports.reading import Reading, authorize_reader, start_reading
 
@@ -21,7 +22,8 @@ PING = '{"type":"ping"}'
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    socket = web.WebSocketResponse(max_msg_size=64 * 1024)
+    # Uncompressed, so the hub can write each event's cached frame straight to the socket.
+    socket = web.WebSocketResponse(max_msg_size=64 * 1024, compress=False)
     try:
         ctx, channel_id, after = authorize_reader(request)
         reading = await start_reading(ctx, channel_id, after, "ws")
@@ -32,6 +34,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return await _reject(request, socket, error)
     try:
         await socket.prepare(request)
+        _attach_direct_writes(reading, request)
         if reading.nothing_left:
             await socket.close(code=1000, message=b"ended")
             return socket
@@ -61,6 +64,18 @@ async def _reject(
     await socket.send_str(dumps({"type": "rejected", **error_body(error.code, error.message)}))
     await socket.close(code=4000 + error.status, message=error.code.encode()[:120])
     return socket
+
+
+def _attach_direct_writes(reading: Reading, request: web.Request) -> None:
+    raw = request.transport
+    if not isinstance(raw, asyncio.WriteTransport):
+        return
+    socket: asyncio.WriteTransport = raw
+
+    def write(events: Sequence[Event]) -> None:
+        socket.write(b"".join(event.ws_frame for event in events))
+
+    reading.subscriber.attach_socket(socket, write)
 
 
 async def _listen(socket: web.WebSocketResponse, reading: Reading) -> None:
