@@ -6,7 +6,7 @@ import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SSEChannel } from '../dist/esm/index.js';
 import { startBroker, pythonWrite, collect, assertExactlyOnce, sleep, REPO } from './helpers.mjs';
-import { wxRuntime, uniMpWeixinRuntime, uniAppRuntime, uniH5Runtime, alipayRuntime } from './fakes/runtimes.mjs';
+import { wxRuntime, uniMpWeixinRuntime, uniAppRuntime, uniH5Runtime, alipayRuntime, douyinRuntime } from './fakes/runtimes.mjs';
 
 let broker;
 const picked = {};
@@ -27,6 +27,7 @@ const RUNTIMES = [
   [uniAppRuntime, 'websocket'],
   [uniH5Runtime, 'fetch'],
   [alipayRuntime, 'websocket'],
+  [douyinRuntime, 'websocket'],
 ];
 
 const channel = (rt, extra = {}) =>

@@ -23,6 +23,9 @@ export const PROFILES = {
   'uni-h5': { chunked: true, payload: 'uint8array', headers: true, capMs: Infinity, killAtTimeout: true, maxConcurrent: Infinity, promise: true, abortCancels: true, split: true },
   'uni-app': { chunked: false, headers: false, capMs: Infinity, jsTimerExtra: 200, maxConcurrent: Infinity, promise: true, abortCancels: false, split: false },
   my: { chunked: false, headers: false, capMs: Infinity, maxConcurrent: 10, promise: false, abortCancels: true, split: false },
+  // tt.request: https://developer.open-douyin.com/docs/resource/zh-CN/mini-app/develop/api/network/http/tt-request
+  // (no chunked option; "网络请求超时最大时长为 60s").
+  tt: { chunked: false, headers: true, capMs: 60000, maxConcurrent: 10, promise: false, abortCancels: true, split: false },
 };
 
 export function makeRequest(host, profileName, overrides = {}) {

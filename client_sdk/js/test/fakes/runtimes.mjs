@@ -91,3 +91,12 @@ export function alipayRuntime({ seed } = {}) {
   const my = { request: req.request, connectSocket: sock.connectSocket, ...lifecycle(host) };
   return { name: 'my (Alipay)', host, env: { my }, req, sock };
 }
+
+/** Douyin mini-program (`tt.*`): no chunked request, 60 s request cap, sockets. */
+export function douyinRuntime({ seed } = {}) {
+  const host = new FakeHost({ seed });
+  const req = makeRequest(host, 'tt');
+  const sock = makeConnectSocket(host, 'tt');
+  const tt = { request: req.request, connectSocket: sock.connectSocket, canIUse: () => true, ...lifecycle(host) };
+  return { name: 'tt (Douyin)', host, env: { tt }, req, sock };
+}

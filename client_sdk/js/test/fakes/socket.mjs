@@ -9,6 +9,7 @@
 //   only when success/fail/complete is passed; uni-push 2.0 in a mini-program takes one of the 5
 //   socket slots; H5 ignores `header`). App-Vue source (packages/uni-app-plus/src/service/api/
 //   network/socket.ts): readyState starts at CLOSED (3).
+// - tt.connectSocket: https://developer.open-douyin.com/docs/resource/zh-CN/developer/tools/cloud/function-service/websocket-guide/ws
 // - my.connectSocket: https://opendocs.alipay.com/mini/api/vx19c3 (one socket unless multiple:true).
 import WebSocket from 'ws';
 
@@ -18,6 +19,8 @@ export const SOCKET_PROFILES = {
   'uni-app': { max: Infinity, reserved: 0, promise: true, headers: true, initialReadyState: 3, needsMultiple: false },
   'uni-h5': { max: Infinity, reserved: 0, promise: true, headers: false, needsMultiple: false },
   my: { max: 5, reserved: 0, promise: false, headers: true, needsMultiple: true },
+  // tt.connectSocket: at most 5, dropped 5 s after going to background (cloud websocket guide).
+  tt: { max: 5, reserved: 0, promise: false, headers: true, needsMultiple: false },
 };
 
 export function makeConnectSocket(host, profileName, overrides = {}) {
