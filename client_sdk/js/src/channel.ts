@@ -173,6 +173,12 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
 
   private async create(): Promise<void> {
     const t = this.opts.timeouts || {};
+    // Decide before creating anything on the broker: a runtime with no usable transport fails fast.
+    this.candidates = this.pickCandidates();
+    if (!this.candidates.length) {
+      this.finish('closed');
+      throw new UnbrokenError('no_transport', 'no transport of ' + JSON.stringify(this.opts.transport || 'auto') + ' works on this runtime');
+    }
     const headers: Record<string, string> = { ...this.opts.headers, 'Content-Type': 'application/json' };
     const key = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token;
     if (key) headers.Authorization = 'Bearer ' + key;
@@ -187,29 +193,27 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
         timeout: t.open ?? 15000,
       }).promise;
     } catch (e) {
-      this.setState('idle');
-      this.opening = undefined;
+      this.openFailed();
       throw e;
     }
     if (res.status !== 201 && res.status !== 200) {
-      this.setState('idle');
-      this.opening = undefined;
+      this.openFailed();
       throw httpError(res.status, res.text);
     }
     this.info = JSON.parse(res.text) as OpenResponse;
     // close() while the POST was in flight: the channel exists (toJSON works) but we stay closed.
     if (this.state === 'closed') return;
-    this.candidates = this.pickCandidates();
-    if (!this.candidates.length) {
-      const err = new UnbrokenError('no_transport', 'no transport of ' + JSON.stringify(this.opts.transport || 'auto') + ' works on this runtime');
-      this.finish('closed');
-      throw err;
-    }
     if (this.opts.lifecycle !== false) {
       this.unwatch = watchLifecycle(this.host, () => this.onShow(), () => (this.hiddenAt = Date.now()));
     }
     this.emit('open');
     this.connect();
+  }
+
+  /** open() may be called again after a failure (e.g. 429 rate_limited), unless closed meanwhile. */
+  private openFailed(): void {
+    if (this.state !== 'closed') this.setState('idle');
+    this.opening = undefined;
   }
 
   private pickCandidates(): Transport[] {

@@ -257,3 +257,14 @@ test('close() while open() is in flight leaves no connection and no lifecycle ho
   assert.equal(streams.length, 0);
   assert.equal(shows.length, 0);
 });
+
+test('a runtime with none of the requested transports fails open() fast, creating nothing', async () => {
+  const { env } = scriptedEnv();
+  let posts = 0;
+  const base = env.fetch;
+  env.fetch = (url, init) => (posts++, base(url, init));
+  const ch = new SSEChannel({ broker: 'http://b', env, transport: 'websocket' }); // env has no WebSocket
+  await assert.rejects(ch.open(), (e) => e.code === 'no_transport');
+  assert.equal(posts, 0);
+  assert.equal(ch.state, 'closed');
+});
