@@ -203,3 +203,24 @@ test('gap: history trimmed while the reader was away is announced, then the rest
     await small.stop();
   }
 });
+
+test('open policy "key": the token provider supplies the app key; without it open() fails typed', async () => {
+  const keyed = await startBroker({ extra: ['--open-policy', 'key', '--app-key', 'sekret-app-key'] });
+  try {
+    const denied = new SSEChannel({ broker: keyed.url });
+    await assert.rejects(denied.open(), (e) => e.code === 'app_key_required' && e.status === 401);
+    const wrong = new SSEChannel({ broker: keyed.url, token: 'nope' });
+    await assert.rejects(wrong.open(), (e) => e.code === 'app_key_invalid' && e.status === 403);
+    const ch = new SSEChannel({ broker: keyed.url, name: 'keyed-chat-1', token: async () => 'sekret-app-key' });
+    await ch.open();
+    assert.equal(ch.id, 'keyed-chat-1');
+    const c = collect(ch);
+    await pythonWrite(ch.toJSON(), 20);
+    await c.done;
+    assertExactlyOnce(assert, c.messages, 20);
+    const again = new SSEChannel({ broker: keyed.url, name: 'keyed-chat-1', token: 'sekret-app-key' });
+    await assert.rejects(again.open(), (e) => e.code === 'channel_exists' && e.status === 409);
+  } finally {
+    await keyed.stop();
+  }
+});
