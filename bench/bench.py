@@ -61,6 +61,15 @@ def sse_request(port: int, opened: dict[str, Any]) -> bytes:
     return (head + "\r\n").encode()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+BROKER_PID: list[int] = []
+
+
 @contextlib.contextmanager
 def broker_process(engine: str, redis_url: str | None) -> Iterator[int]:
     port = free_port()
@@ -89,6 +98,7 @@ def broker_process(engine: str, redis_url: str | None) -> Iterator[int]:
         UNBROKEN_MAX_PENDING_BYTES=str(64 * 1024 * 1024),
     )
     process = subprocess.Popen(command, cwd=ROOT, env=env)
+    BROKER_PID[:] = [process.pid]
     try:
         yield port
     finally:
@@ -137,6 +147,7 @@ async def fanout(port: int, subscribers: int, messages: int, batch: int) -> dict
                 print(f"  connected {n + 1}/{subscribers} subscribers", file=sys.stderr)
         await asyncio.sleep(1.0)  # let every request reach the broker and subscribe
         expected = subscribers * messages
+        cpu_before = cpu_seconds(BROKER_PID[0])
         started = time.perf_counter()
         for offset in range(0, messages, batch):
             await write(
@@ -149,12 +160,16 @@ async def fanout(port: int, subscribers: int, messages: int, batch: int) -> dict
                 raise RuntimeError(f"only {sum(r.count for r in readers)}/{expected} delivered")
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - started
+        broker_cpu = cpu_seconds(BROKER_PID[0]) - cpu_before
     return {
         "subscribers": subscribers,
         "messages": messages,
         "deliveries": expected,
         "seconds": round(elapsed, 3),
         "deliveries_per_s": round(expected / elapsed),
+        # Client and broker share this machine's cores; this one is the broker's own cost.
+        "broker_cpu_s": round(broker_cpu, 3),
+        "deliveries_per_broker_cpu_s": round(expected / broker_cpu) if broker_cpu else None,
     }
 
 
@@ -192,6 +207,15 @@ async def latency(port: int, channels: int, rounds: int) -> dict[str, float]:
     }
 
 
+def run(coroutine: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coroutine)
+    except ImportError:
+        return asyncio.run(coroutine)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -213,10 +237,10 @@ def main() -> int:
                 continue
             print(f"[{engine}] fan-out to {args.subscribers} SSE subscribers", file=sys.stderr)
             with broker_process(engine, redis_url) as port:
-                fan = asyncio.run(fanout(port, args.subscribers, args.messages, args.batch))
+                fan = run(fanout(port, args.subscribers, args.messages, args.batch))
             print(f"[{engine}] latency over {args.channels} channels", file=sys.stderr)
             with broker_process(engine, redis_url) as port:
-                lat = asyncio.run(latency(port, args.channels, args.rounds))
+                lat = run(latency(port, args.channels, args.rounds))
             results[engine] = {"fanout": fan, "latency": lat}
             print(json.dumps({engine: results[engine]}), flush=True)
     return 0

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from broker.engine.base import Engine
 from broker.events import Event
@@ -31,6 +32,23 @@ class Closed(Exception):
 
 # Writes already-framed bytes of these events to the reader's socket, synchronously.
 DirectWrite = Callable[[Sequence[Event]], None]
+
+
+class Socket(Protocol):
+    """What the hub needs of a transport. Structural, because uvloop's transports are not
+    registered as asyncio.WriteTransport subclasses."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+def as_socket(transport: object) -> Socket | None:
+    if all(hasattr(transport, name) for name in ("write", "is_closing", "get_write_buffer_size")):
+        return transport  # type: ignore[return-value]
+    return None
 
 
 class Subscriber:
@@ -65,13 +83,12 @@ class Subscriber:
         self.closed: str | None = None
         self._queue: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._socket: asyncio.BaseTransport | None = None
+        self._socket: Socket | None = None
         self._write: DirectWrite | None = None
 
-    def attach_socket(self, socket: asyncio.BaseTransport | None, write: DirectWrite) -> None:
+    def attach_socket(self, socket: Socket, write: DirectWrite) -> None:
         """Allow direct writes to `socket` while the handler is parked in next_batch()."""
-        if isinstance(socket, asyncio.WriteTransport):
-            self._socket, self._write = socket, write
+        self._socket, self._write = socket, write
 
     def push(self, events: Sequence[Event]) -> None:
         if self.closed is not None:
@@ -93,7 +110,7 @@ class Subscriber:
         Terminal events take the queue: the handler must write them itself and then close.
         """
         socket = self._socket
-        assert isinstance(socket, asyncio.WriteTransport) and self._write is not None
+        assert socket is not None and self._write is not None
         if events[-1].terminal:
             return False
         if socket.is_closing():

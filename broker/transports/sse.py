@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
@@ -10,7 +9,7 @@ from aiohttp import HttpVersion11, web
 
 from broker.errors import ApiError
 from broker.events import Event
-from broker.hub import Closed
+from broker.hub import Closed, as_socket
 from broker.transports.reading import (
     Reading,
     authorize_reader,
@@ -103,8 +102,8 @@ async def _relay(reading: Reading, response: web.StreamResponse, duration: float
 def _attach_direct_writes(
     reading: Reading, request: web.Request, response: web.StreamResponse
 ) -> None:
-    socket = request.transport
-    if not isinstance(socket, asyncio.WriteTransport):
+    socket = as_socket(request.transport)
+    if socket is None:
         return
     if response.chunked:
 

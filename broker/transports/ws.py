@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
 from broker.events import Event, dumps
-from broker.hub import Closed
+from broker.hub import Closed, as_socket
 from broker.transports.reading import Reading, authorize_reader, start_reading
 
 PING = '{"type":"ping"}'
@@ -67,10 +67,9 @@ async def _reject(
 
 
 def _attach_direct_writes(reading: Reading, request: web.Request) -> None:
-    raw = request.transport
-    if not isinstance(raw, asyncio.WriteTransport):
+    socket = as_socket(request.transport)
+    if socket is None:
         return
-    socket: asyncio.WriteTransport = raw
 
     def write(events: Sequence[Event]) -> None:
         socket.write(b"".join(event.ws_frame for event in events))
