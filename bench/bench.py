@@ -67,6 +67,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/<pid>/status")
+
+
 BROKER_PID: list[int] = []
 
 
@@ -139,6 +146,8 @@ async def fanout(port: int, subscribers: int, messages: int, batch: int) -> dict
         await wait_healthy(session, base)
         opened = await open_channel(session, base)
         request = sse_request(port, opened)
+        await asyncio.sleep(0.5)
+        rss_before = rss_bytes(BROKER_PID[0])
         readers = []
         for n in range(subscribers):
             _, reader = await loop.create_connection(lambda: SSECounter(request), "127.0.0.1", port)
@@ -146,6 +155,7 @@ async def fanout(port: int, subscribers: int, messages: int, batch: int) -> dict
             if n % 200 == 199:
                 print(f"  connected {n + 1}/{subscribers} subscribers", file=sys.stderr)
         await asyncio.sleep(1.0)  # let every request reach the broker and subscribe
+        rss_per_subscriber = (rss_bytes(BROKER_PID[0]) - rss_before) / subscribers
         expected = subscribers * messages
         cpu_before = cpu_seconds(BROKER_PID[0])
         started = time.perf_counter()
@@ -170,6 +180,7 @@ async def fanout(port: int, subscribers: int, messages: int, batch: int) -> dict
         # Client and broker share this machine's cores; this one is the broker's own cost.
         "broker_cpu_s": round(broker_cpu, 3),
         "deliveries_per_broker_cpu_s": round(expected / broker_cpu) if broker_cpu else None,
+        "broker_rss_kib_per_idle_subscriber": round(rss_per_subscriber / 1024, 1),
     }
 
 
