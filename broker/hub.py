@@ -93,7 +93,8 @@ class Subscriber:
     def push(self, events: Sequence[Event]) -> None:
         if self.closed is not None:
             return
-        if self._waiter is not None and self._write is not None and not self._queue:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._write is not None and not self._queue:
             if self._write_direct(events):
                 return
         for event in events:

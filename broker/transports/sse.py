@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -61,10 +62,9 @@ async def _serve(
             response.enable_chunked_encoding()
         await response.prepare(request)
         _attach_direct_writes(reading, request, response)
-        await _relay(reading, response, duration)
+        with contextlib.suppress(ConnectionError):  # the reader went away; it will resume
+            await _relay(reading, response, duration)
         return response
-    except (ConnectionResetError, ConnectionError):
-        return web.Response(status=499)  # the reader went away; it will resume
     finally:
         await reading.close()
 
