@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +17,39 @@ def redis_url() -> Iterator[str]:
         if url is None:
             pytest.skip("no redis-server binary and no UNBROKEN_TEST_REDIS_URL")
         yield url
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def npm_install(folder: Path) -> str:
+    """`npm ci` in `folder` when its node_modules is missing; skips when npm is absent."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("node/npm are not on PATH: these tests need Node.js >= 18")
+    if not (folder / "node_modules").is_dir():
+        run_or_fail([npm, "ci", "--no-audit", "--no-fund"], folder, "npm ci")
+    return npm
+
+
+def run_or_fail(command: list[str], cwd: Path, what: str) -> None:
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"{what} in {cwd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def js_built() -> Path:
+    """client_sdk/js installed and built (once per session)."""
+    folder = ROOT / "client_sdk" / "js"
+    npm = npm_install(folder)
+    run_or_fail([npm, "run", "build"], folder, "npm run build")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def browser_driver() -> Path:
+    """tests/browser (playwright-core, driving Debian's Chromium) installed."""
+    folder = ROOT / "tests" / "browser"
+    npm_install(folder)
+    return folder

@@ -31,16 +31,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def playwright_core() -> None:
-    if not (ROOT / "tests" / "browser" / "node_modules" / "playwright-core").exists():
-        pytest.fail("playwright-core is not installed: run `npm ci` in tests/browser")
-
-
 @pytest.mark.parametrize("mode", ["sdk", "eventsource"])
-async def test_dashboard_lists_channel_and_tails_messages(mode: str) -> None:
-    if mode == "sdk" and not SDK_BUILD.exists():
-        pytest.skip("JS SDK not built (npm run build in client_sdk/js); the fallback is tested")
+async def test_dashboard_lists_channel_and_tails_messages(
+    mode: str, browser_driver: Path, request: pytest.FixtureRequest
+) -> None:
+    if mode == "sdk":
+        request.getfixturevalue("js_built")  # the dashboard serves the built SDK
+        assert SDK_BUILD.exists(), f"npm run build did not produce {SDK_BUILD}"
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / ("dashboard.png" if mode == "sdk" else f"dashboard-{mode}.png")
     async with BrokerProcess("--engine", "memory", "--admin-token", ADMIN_TOKEN) as broker:
@@ -55,8 +52,15 @@ async def test_dashboard_lists_channel_and_tails_messages(mode: str) -> None:
         first = await worker.write({"text": "hello from the worker", "n": 0})
 
         driver = await asyncio.create_subprocess_exec(
-            "node", str(DRIVER), broker.url, ADMIN_TOKEN, opened["id"], str(screenshot), mode,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "node",
+            str(DRIVER),
+            broker.url,
+            ADMIN_TOKEN,
+            opened["id"],
+            str(screenshot),
+            mode,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             assert driver.stdout is not None and driver.stderr is not None
