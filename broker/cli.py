@@ -7,6 +7,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import urllib.error
@@ -157,13 +158,18 @@ def serve(settings: Settings) -> int:
     ]
     for process in processes:
         process.start()
-    try:
+
+    def stop_workers(signum: int, frame: object) -> None:
+        # Each worker drains gracefully on SIGTERM (readers are told to reconnect elsewhere).
         for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        for process in processes:
-            process.terminate()
-    return 0
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_workers)
+    signal.signal(signal.SIGINT, stop_workers)
+    for process in processes:
+        process.join()
+    return 0 if all(process.exitcode == 0 for process in processes) else 1
 
 
 def _worker_main(settings: Settings) -> None:

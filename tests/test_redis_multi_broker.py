@@ -4,6 +4,7 @@ straight into Redis, and readers that resume on a different broker than they sta
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -144,3 +145,18 @@ async def test_workers_share_the_port_with_so_reuseport(
             async with aiohttp.ClientSession() as fresh:
                 received = await read(fresh, opened, "poll")
             assert received.messages == ["hello"] and received.terminal == ("end", None)
+    # Stopping the parent stopped its workers too: no orphan keeps the port.
+    for pid in pids:
+        for _ in range(100):
+            if not alive(pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not alive(pid), f"worker {pid} outlived its parent"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
