@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -169,37 +170,18 @@ def open_channel(
     if transport not in TRANSPORT_NAMES:  # before the channel is created for nothing
         raise ValueError(f"unknown transport {transport!r}; use one of {TRANSPORT_NAMES}")
 
-    async def factory() -> Channel:
-        own = session is None
-        http = session if session is not None else aiohttp.ClientSession()
-        try:
-            info = await create_channel(
-                http, broker_url, name=name, app_key=app_key, open_timeout=open_timeout
-            )
-            ref = resolve(info)
-            return _make_channel(
-                http,
-                own,
-                ref,
-                broker_url,
-                transport=transport,
-                last_event_id=last_event_id,
-                heartbeat=heartbeat,
-                idle_timeout=idle_timeout,
-                first_byte_timeout=first_byte_timeout,
-                poll_timeout=poll_timeout,
-                max_duration=max_duration,
-                backoff=backoff,
-                max_retries=max_retries,
-                on_reconnect=on_reconnect,
-                on_gap=on_gap,
-            )
-        except BaseException:
-            if own:
-                await http.close()
-            raise
+    options = ReadOptions(
+        transport, last_event_id, heartbeat, idle_timeout, first_byte_timeout, poll_timeout,
+        max_duration, backoff, max_retries, on_reconnect, on_gap,
+    )  # fmt: skip
 
-    return ChannelContext(factory)
+    async def opened(http: aiohttp.ClientSession) -> ChannelRef:
+        info = await create_channel(
+            http, broker_url, name=name, app_key=app_key, open_timeout=open_timeout
+        )
+        return resolve(info)
+
+    return _context(opened, session, broker_url, options)
 
 
 def subscribe(
@@ -231,34 +213,15 @@ def subscribe(
     to end each SSE/chunked response after that many seconds (the reader resumes at once).
     """
 
-    async def factory() -> Channel:
-        ref = resolve(channel_or_token, token)
-        own = session is None
-        http = session if session is not None else aiohttp.ClientSession()
-        try:
-            return _make_channel(
-                http,
-                own,
-                ref,
-                broker_url,
-                transport=transport,
-                last_event_id=last_event_id,
-                heartbeat=heartbeat,
-                idle_timeout=idle_timeout,
-                first_byte_timeout=first_byte_timeout,
-                poll_timeout=poll_timeout,
-                max_duration=max_duration,
-                backoff=backoff,
-                max_retries=max_retries,
-                on_reconnect=on_reconnect,
-                on_gap=on_gap,
-            )
-        except BaseException:
-            if own:
-                await http.close()
-            raise
+    options = ReadOptions(
+        transport, last_event_id, heartbeat, idle_timeout, first_byte_timeout, poll_timeout,
+        max_duration, backoff, max_retries, on_reconnect, on_gap,
+    )  # fmt: skip
 
-    return ChannelContext(factory)
+    async def existing(http: aiohttp.ClientSession) -> ChannelRef:
+        return resolve(channel_or_token, token)
+
+    return _context(existing, session, broker_url, options)
 
 
 async def create_channel(
@@ -292,49 +255,79 @@ async def create_channel(
     return info
 
 
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """How to read: the options `open_channel` and `subscribe` share."""
+
+    transport: TransportName | str
+    last_event_id: str | None
+    heartbeat: float | None
+    idle_timeout: float | None
+    first_byte_timeout: float
+    poll_timeout: int
+    max_duration: float | None
+    backoff: Backoff | None
+    max_retries: int | None
+    on_reconnect: OnReconnect | None
+    on_gap: OnGap | None
+
+
+def _context(
+    find: Callable[[aiohttp.ClientSession], Awaitable[ChannelRef]],
+    session: aiohttp.ClientSession | None,
+    broker_url: str | None,
+    options: ReadOptions,
+) -> ChannelContext:
+    """A ChannelContext whose channel comes from `find`; a session made here is the channel's."""
+
+    async def factory() -> Channel:
+        own = session is None
+        http = session if session is not None else aiohttp.ClientSession()
+        try:
+            return _make_channel(http, own, await find(http), broker_url, options)
+        except BaseException:
+            if own:
+                await http.close()
+            raise
+
+    return ChannelContext(factory)
+
+
 def _make_channel(
     session: aiohttp.ClientSession,
     owns_session: bool,
     ref: ChannelRef,
     broker_url: str | None,
-    *,
-    transport: TransportName | str,
-    last_event_id: str | None,
-    heartbeat: float | None,
-    idle_timeout: float | None,
-    first_byte_timeout: float,
-    poll_timeout: int,
-    max_duration: float | None,
-    backoff: Backoff | None,
-    max_retries: int | None,
-    on_reconnect: OnReconnect | None,
-    on_gap: OnGap | None,
+    options: ReadOptions,
 ) -> Channel:
     # The URL the caller reached the broker by wins over the one in the token: behind a proxy
     # or in a container the broker's idea of its public URL may not be reachable from here.
     base = broker_url or ref.broker_url
     if not base:
         raise InvalidChannelReference("no broker URL given, and the token does not name one")
+    last_event_id = options.last_event_id
     if last_event_id is not None and not is_event_id(last_event_id):
         raise InvalidChannelReference(
             f"last_event_id {last_event_id!r} is not an event id (<ms>-<seq>, e.g. 1732500000000-0)"
         )
-    beat = heartbeat or ref.heartbeat or DEFAULT_HEARTBEAT
+    beat = options.heartbeat or ref.heartbeat or DEFAULT_HEARTBEAT
     timing = Timing(
-        idle_timeout=idle_timeout if idle_timeout is not None else WATCHDOG_FACTOR * beat,
-        first_byte_timeout=first_byte_timeout,
-        poll_timeout=poll_timeout,
-        max_duration=max_duration,
+        idle_timeout=(
+            options.idle_timeout if options.idle_timeout is not None else WATCHDOG_FACTOR * beat
+        ),
+        first_byte_timeout=options.first_byte_timeout,
+        poll_timeout=options.poll_timeout,
+        max_duration=options.max_duration,
     )
     reader = Reader(
         session,
         Target(URL(base), ref.channel_id, ref.token),
-        transport=transport,
+        transport=options.transport,
         last_event_id=last_event_id,
         timing=timing,
-        backoff=backoff,
-        max_retries=max_retries,
-        on_reconnect=on_reconnect,
-        on_gap=on_gap,
+        backoff=options.backoff,
+        max_retries=options.max_retries,
+        on_reconnect=options.on_reconnect,
+        on_gap=options.on_gap,
     )
     return Channel(ref, reader, session, owns_session=owns_session)
