@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -45,3 +46,33 @@ def test_cli_help_and_clear_errors() -> None:
     unreachable = _run(sys.executable, "-m", "broker", "channels", "--broker", "http://127.0.0.1:9")
     assert unreachable.returncode != 0 and "is it running" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+async def test_channels_and_inspect_commands_against_a_running_broker() -> None:
+    import asyncio
+
+    from tests.support import running_broker
+    from worker.channel import Channel
+
+    async with running_broker() as broker:
+        opened = await broker.open(name="inspect-me")
+        async with Channel.from_token(opened["channel_token"]) as channel:
+            await channel.write_many([{"n": 1}, {"n": 2}])
+
+        async def cli(*args: str) -> tuple[int, str]:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "broker", *args, "--broker", broker.url,
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            output, _ = await process.communicate()
+            return await process.wait(), output.decode()
+
+        code, listing = await cli("channels")
+        assert code == 0 and "inspect-me\tended\t3 messages" in listing
+        code, detail = await cli("inspect", "inspect-me", "--tail", "2")
+        assert code == 0
+        shown = json.loads(detail)
+        assert shown["state"] == "ended"
+        assert [e["data"] for e in shown["events"]] == [{"n": 2}, None]
+        code, missing = await cli("inspect", "no-such-channel")
+        assert code != 0 and "channel_not_found" in missing

@@ -68,6 +68,13 @@ def parse_token(token: str | Mapping[str, Any]) -> tuple[str, str, str]:
     return broker, claims.channel, jwt
 
 
+def clean_exit(exc: BaseException | None) -> bool:
+    """Leaving a `with` block normally (or by `sys.exit(0)`) ends the channel; leaving it by any
+    other exception, cancellation and Ctrl-C included, is reported to the reader as an error:
+    either way the app learns the stream is over instead of waiting for the idle expiry."""
+    return exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
+
+
 class Channel:
     """An async writer for one channel. Not shared between event loops."""
 
@@ -166,10 +173,10 @@ class Channel:
     ) -> None:
         try:
             if not self.ended:
-                if exc is None:
+                if clean_exit(exc):
                     await self.end()
-                elif isinstance(exc, Exception):
-                    await self.error(exc)
+                else:
+                    await self.error(exc or "the backend stopped")
         finally:
             await self.close()
 
@@ -269,9 +276,9 @@ class SyncChannel:
     ) -> None:
         try:
             if not self._channel.ended:
-                if exc is None:
+                if clean_exit(exc):
                     self.end()
-                elif isinstance(exc, Exception):
-                    self.error(exc)
+                else:
+                    self.error(exc or "the backend stopped")
         finally:
             self.close()
