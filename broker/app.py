@@ -104,10 +104,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.post("/v1/channels/{channel_id}/messages", api.write_messages),
             web.post("/v1/channels/{channel_id}/end", api.end_channel),
             web.post("/v1/channels/{channel_id}/error", api.error_channel),
-            web.get("/v1/channels/{channel_id}/events", sse.events),
-            web.get("/v1/channels/{channel_id}/stream", sse.stream),
-            web.get("/v1/channels/{channel_id}/ws", ws.websocket),
-            web.get("/v1/channels/{channel_id}/poll", poll.poll),
+            web.get("/v1/channels/{channel_id}/events", sse.events, allow_head=False),
+            web.get("/v1/channels/{channel_id}/stream", sse.stream, allow_head=False),
+            web.get("/v1/channels/{channel_id}/ws", ws.websocket, allow_head=False),
+            web.get("/v1/channels/{channel_id}/poll", poll.poll, allow_head=False),
         ]
     )
     ops.setup(app)  # /metrics, /openapi.json, /dashboard, admin stats; counts HTTP errors
