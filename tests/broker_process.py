@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -15,13 +14,9 @@ from types import TracebackType
 
 import aiohttp
 
+from tests.redis_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class BrokerProcess:
@@ -29,8 +24,15 @@ class BrokerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
-            sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1",
-            "--port", str(self.port), *args,
+            sys.executable,
+            "-m",
+            "broker",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
         ]
         self.env = {**os.environ, **(env or {})}
         self._log = tempfile.NamedTemporaryFile(prefix="broker-", suffix=".log", delete=False)

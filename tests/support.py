@@ -191,63 +191,101 @@ async def read(
 
 
 class FaultyProxy:
-    """A TCP proxy in front of the broker that a test can pause, cut, or make lose responses."""
+    """A TCP proxy in front of the broker, for failures a real network has.
+
+    - `cut()` resets every open connection (both sides see a reset);
+    - `stall()` keeps them open but forwards nothing more (a silent hang);
+    - `lose_responses = n`: the next n upstream answers are swallowed and the link cut, after the
+      broker already acted on the request;
+    - `blackhole = b"..."`: requests whose first bytes contain it are accepted, never answered.
+    New connections always work normally. Use `async with`, or `await start()` / `await close()`.
+    """
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.port = free_port()
-        self.paused = asyncio.Event()
-        self.paused.set()  # set = forwarding
-        self.lose_responses = 0  # the next N upstream responses are swallowed, then the link cut
+        self.port = 0
+        self.connections = 0
+        self.lose_responses = 0
+        self.blackhole: bytes | None = None
         self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
+        self._live: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter, asyncio.Event]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> FaultyProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+    async def start(self) -> FaultyProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def close(self) -> None:
         self.cut()
-        assert self._server is not None
-        self._server.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> FaultyProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def cut(self) -> None:
-        """Close every proxied connection at once (both sides see a reset)."""
-        for writer in list(self._links):
-            writer.transport.abort()
-        self._links.clear()
+        for client, upstream, _ in list(self._live):
+            for writer in (client, upstream):
+                writer.transport.abort()
+        self._live.clear()
 
-    async def _accept(
-        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    def stall(self) -> None:
+        for _, _, flowing in list(self._live):
+            flowing.clear()
+        self._live.clear()  # stalled connections are left alone, not cut later
+
+    def _track(self, task: asyncio.Task[None] | None) -> None:
+        if task is not None:  # so close() can end connections held open
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._track(asyncio.current_task())
+        try:
+            upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            client_w.transport.abort()
+            return
+        flowing = asyncio.Event()
+        flowing.set()
+        self._live.add((client_w, upstream_w, flowing))
+        first = await client_r.read(65536)
+        if self.blackhole is not None and self.blackhole in first:
+            await asyncio.sleep(3600)  # hold the connection open, answer nothing
+        upstream_w.write(first)
+        self._track(asyncio.create_task(self._pipe(client_r, upstream_w, flowing, False)))
+        self._track(asyncio.create_task(self._pipe(upstream_r, client_w, flowing, True)))
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        flowing: asyncio.Event,
+        answers: bool,
     ) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            client_writer.close()
-            return
-        self._links.update((client_writer, up_writer))
-
-        async def pipe(
-            src: asyncio.StreamReader, dst: asyncio.StreamWriter, downstream: bool
-        ) -> None:
-            try:
-                while data := await src.read(65536):
-                    await self.paused.wait()
-                    if downstream and self.lose_responses:
-                        self.lose_responses -= 1
-                        self.cut()  # the request was applied, the answer never arrives
-                        return
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(
-            pipe(client_reader, up_writer, False), pipe(up_reader, client_writer, True)
-        )
+            while data := await reader.read(65536):
+                await flowing.wait()
+                if answers and self.lose_responses:
+                    self.lose_responses -= 1
+                    self.cut()  # the request was applied; its answer never arrives
+                    return
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()

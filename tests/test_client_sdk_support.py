@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,11 @@ from typing import Any
 
 import aiohttp
 
+from tests.redis_server import free_port
+from tests.support import FaultyProxy
+
 REPO = Path(__file__).resolve().parent.parent
 HEARTBEAT = 0.5  # short, so the client's watchdog (2.5 heartbeats) acts within seconds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -121,83 +116,5 @@ def write_sync(channel_token: dict[str, Any], path: str, body: dict[str, Any]) -
         assert resp.status in (200, 201)
 
 
-class Proxy:
-    """A TCP proxy in front of the broker: `cut()` resets every open connection, `stall()`
-    keeps them open but forwards nothing more (a silent hang); new connections work normally.
-    Requests whose first bytes contain `blackhole` are accepted and never answered."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = 0
-        self.connections = 0
-        self.blackhole: bytes | None = None
-        self._server: asyncio.Server | None = None
-        self._live: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter, asyncio.Event]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> Proxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def cut(self) -> None:
-        for client, upstream, _ in list(self._live):
-            for writer in (client, upstream):
-                writer.transport.abort()
-        self._live.clear()
-
-    def stall(self) -> None:
-        for _, _, flowing in list(self._live):
-            flowing.clear()
-        self._live.clear()  # stalled connections are left alone, not cut later
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        handler = asyncio.current_task()
-        if handler is not None:  # so close() can end connections held by the blackhole
-            self._tasks.add(handler)
-            handler.add_done_callback(self._tasks.discard)
-        try:
-            upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            client_w.transport.abort()
-            return
-        flowing = asyncio.Event()
-        flowing.set()
-        entry = (client_w, upstream_w, flowing)
-        self._live.add(entry)
-        first = await client_r.read(65536)
-        if self.blackhole is not None and self.blackhole in first:
-            await asyncio.sleep(3600)  # hold the connection open, answer nothing
-        upstream_w.write(first)
-        for reader, writer in ((client_r, upstream_w), (upstream_r, client_w)):
-            task = asyncio.create_task(self._pipe(reader, writer, flowing))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
-    ) -> None:
-        try:
-            while data := await reader.read(65536):
-                await flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.abort()
+# One fault-injecting proxy for every test (tests/support.py).
+Proxy = FaultyProxy
