@@ -105,6 +105,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         hub=hub,
         keys=key_ring(settings),
         open_limiter=OpenRateLimiter(settings.open_rate, settings.open_burst),
+        global_open_limiter=OpenRateLimiter(
+            settings.max_open_rate, max(1, int(settings.max_open_rate))
+        )
+        if settings.max_open_rate > 0
+        else None,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

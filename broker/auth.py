@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 
 from aiohttp import web
 
@@ -66,8 +67,34 @@ def authorize_admin(request: web.Request) -> None:
 
 
 def authorize_open(request: web.Request) -> None:
-    """Apply the open policy: an app key, or a per-address rate limit."""
+    """Apply the open policy (an app key, or a per-address rate limit), then the broker-wide
+    caps that hold whatever the policy: opens per second and channels held in memory."""
     ctx = context_of(request)
+    _open_policy(ctx, request)
+    if ctx.global_open_limiter is not None:
+        wait = ctx.global_open_limiter.retry_after("*")
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"The broker is opening its maximum of {ctx.settings.max_open_rate:g} channels "
+                f"per second; retry in {wait:.1f} s.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+    held = ctx.engine.held_channels()
+    if ctx.settings.max_channels > 0 and held is not None and held >= ctx.settings.max_channels:
+        raise ApiError(
+            503,
+            "too_many_channels",
+            f"The broker holds its maximum of {ctx.settings.max_channels} channels; retry later.",
+            headers={"Retry-After": str(TOO_MANY_CHANNELS_RETRY)},
+        )
+
+
+TOO_MANY_CHANNELS_RETRY = 30  # seconds; channels free up as they end, expire or are deleted
+
+
+def _open_policy(ctx: BrokerContext, request: web.Request) -> None:
     if ctx.settings.open_policy == "key":
         token = bearer_token(request)
         if token is None:

@@ -51,6 +51,16 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=None,
         help="admin routes without a token: local development only (UNBROKEN_ADMIN_OPEN=1)",
     )
+    serve.add_argument(
+        "--max-open-rate",
+        type=float,
+        help="channel opens per second over all clients, 0 = no cap (UNBROKEN_MAX_OPEN_RATE)",
+    )
+    serve.add_argument(
+        "--max-channels",
+        type=int,
+        help="channels the memory engine holds, 0 = no cap (UNBROKEN_MAX_CHANNELS)",
+    )
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats (15)")
     serve.add_argument("--idle-ttl", type=int, help="seconds an unwritten open channel lives")
     serve.add_argument("--retention", type=int, help="seconds an ended channel stays readable")
@@ -101,6 +111,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "open_policy",
             "admin_token",
             "admin_open",
+            "max_open_rate",
+            "max_channels",
             "heartbeat",
             "idle_ttl",
             "retention",

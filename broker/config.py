@@ -27,6 +27,10 @@ class Settings:
     admin_open: bool = False
     open_rate: float = 5.0  # channel opens per second per client address under "open"
     open_burst: int = 50
+    # Caps over all addresses (0 = none): per-address limits alone let rotating source addresses
+    # open channels without bound. max_channels applies to the memory engine (its RAM).
+    max_open_rate: float = 200.0  # channel opens per second, all clients together
+    max_channels: int = 100_000
     heartbeat: float = 15.0
     token_ttl: int = 86_400
     limits: Limits = field(default_factory=Limits)
@@ -71,6 +75,8 @@ _ENV_CASTS: dict[str, Any] = {
     "admin_token": str,
     "open_rate": float,
     "open_burst": int,
+    "max_open_rate": float,
+    "max_channels": int,
     "heartbeat": float,
     "token_ttl": int,
     "max_message_bytes": int,

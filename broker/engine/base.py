@@ -126,6 +126,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def unwatch(self, channel_id: str) -> None: ...
 
+    def held_channels(self) -> int | None:
+        """How many channels this process holds in its own memory (for --max-channels), or None
+        when storage is elsewhere (Redis) and only the open rate is capped."""
+        return None
+
     async def exists_many(self, channel_ids: Sequence[str]) -> list[bool]:
         """Which of these channels still exist (used to notice expiry of watched channels)."""
         return [await self.info(cid) is not None for cid in channel_ids]

@@ -110,6 +110,9 @@ class MemoryEngine(Engine):
             ttl=max(0, int(channel.expires_at - time.monotonic())),
         )
 
+    def held_channels(self) -> int:
+        return len(self._channels)  # expired ones too, until swept: they still take memory
+
     async def create(self, channel_id: str) -> ChannelInfo:
         if self._get(channel_id) is not None:
             raise ChannelExists(channel_id)
