@@ -20,6 +20,9 @@ from broker.vocabulary import TRANSPORTS
 
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 WRITER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Idempotency keys are stored as writers under a prefix no writer id can take ('#' is outside
+# WRITER_ID), so a client naming its writer "key:abc" cannot collide with `Idempotency-Key: abc`.
+IDEMPOTENCY_NAMESPACE = "key#"
 MAX_SEQ = 2**53  # stays exact in JavaScript numbers
 
 
@@ -167,7 +170,7 @@ def _writer_and_seq(request: web.Request, body: dict[str, Any]) -> tuple[str | N
             raise ApiError(
                 400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters."
             )
-        return "key:" + key, 1
+        return IDEMPOTENCY_NAMESPACE + key, 1
     if writer is None and seq_raw is None:
         return None, None
     if not isinstance(writer, str) or not WRITER_ID.match(writer):

@@ -128,8 +128,8 @@ _ERROR_TEXT = {
     409: "Conflict",
     410: "The channel expired or was deleted",
     413: "Too large",
-    429: "Too many channels opened from this address",
-    503: "The broker is shutting down; reconnect to another",
+    429: "Too many channels opened (from this address, or broker-wide)",
+    503: "Unavailable: shutting down, storage unreachable, or at capacity; see Retry-After",
 }
 
 
@@ -257,7 +257,9 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": {
             "summary": "Open a channel",
             "description": "Under the `key` open policy send the app key as Bearer; under "
-            "`open`, opens are rate-limited per address (429 with Retry-After).",
+            "`open`, opens are rate-limited per address (429 with Retry-After). Broker-wide caps "
+            "hold under both: opens per second (429 `rate_limited`) and, on the memory engine, "
+            "channels held (503 `too_many_channels`).",
             "security": [{"bearer": []}, {}],
             "requestBody": {
                 "required": False,
@@ -270,6 +272,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     (400, "invalid_name"), (400, "invalid_json"), (400, "invalid_body"),
                     (401, "app_key_required"), (403, "app_key_invalid"),
                     (409, "channel_exists"), (429, "rate_limited"),
+                    (503, "too_many_channels"),
                 ),
             },
         },

@@ -1,7 +1,7 @@
 """Operator routes: Prometheus metrics, the OpenAPI document, the dashboard and its JSON.
 
 `setup(app)` is called once by create_app. Everything here is for the people running the broker;
-all data routes go through authorize_admin (the admin token, or loopback-only without one).
+all data routes go through authorize_admin (the admin token; no token only under --admin-open).
 The dashboard's static files carry no data and are served to anyone: the page asks for the admin
 token when the data routes refuse it.
 """
