@@ -39,6 +39,7 @@ from broker.engine.base import (
 )
 from broker.engine.redis_layout import (
     DEFAULT_PREFIX,
+    cancel_channel,
     channel_keys,
     create_channel,
     delete_channel,
@@ -199,6 +200,9 @@ class RedisEngine(Engine):
         # Delivery to local watchers goes through pub/sub like everybody else's writes, so the
         # relay has a single source of order.
         return await run_append(self._redis, self.prefix, channel_id, items, writer=writer, seq=seq)
+
+    async def _cancel(self, channel_id: str, payload: bytes) -> AppendResult:
+        return await cancel_channel(self._redis, self.prefix, channel_id, payload)
 
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
         after_key = None if after is None else parse_event_id(after)
