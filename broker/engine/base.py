@@ -164,6 +164,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def unwatch(self, channel_id: str) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise when the storage cannot be reached (for /readyz); in-process storage always can."""
+        return None
+
     def held_channels(self) -> int | None:
         """How many channels this process holds in its own memory (for --max-channels), or None
         when storage is elsewhere (Redis) and only the open rate is capped."""

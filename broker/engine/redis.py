@@ -155,6 +155,9 @@ class RedisEngine(Engine):
         await self._redis.ping()
         self._reader = asyncio.create_task(self._relay_forever(), name="redis-engine-relay")
 
+    async def ping(self) -> None:
+        await self._redis.ping()
+
     async def close(self) -> None:
         self._closing = True
         if self._reader is not None:
