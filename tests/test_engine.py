@@ -20,7 +20,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from broker.engine import redis as redis_engine_module
+from broker.engine import live_feed as live_feed_module
 from broker.engine import redis_layout
 from broker.engine.base import (
     ChannelEnded,
@@ -194,8 +194,16 @@ async def test_append_ids_increase_and_read_back(backend: Backend) -> None:
 
     page = await engine.read("c", None, 100)
     assert [e.id for e in page.events] == ids
-    assert [e.data for e in page.events] == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}, {"n": 4},
-                                             "x", None, [1, 2]]
+    assert [e.data for e in page.events] == [
+        {"n": 0},
+        {"n": 1},
+        {"n": 2},
+        {"n": 3},
+        {"n": 4},
+        "x",
+        None,
+        [1, 2],
+    ]
     assert {e.type for e in page.events} == {"message"}
     assert (page.gap, page.ended, page.more, page.last_event_id) == (None, False, False, ids[-1])
 
@@ -494,7 +502,10 @@ async def test_key_layout(redis_backend: Backend) -> None:
     p = backend.prefix
     keys = redis_layout.channel_keys(p, "lay")
     assert (keys.events, keys.meta, keys.writers, keys.live) == (
-        f"{p}:{{lay}}:events", f"{p}:{{lay}}:meta", f"{p}:{{lay}}:writers", f"{p}:{{lay}}:live"
+        f"{p}:{{lay}}:events",
+        f"{p}:{{lay}}:meta",
+        f"{p}:{{lay}}:writers",
+        f"{p}:{{lay}}:live",
     )
     meta = {k.decode(): v.decode() for k, v in (await client.hgetall(keys.meta)).items()}
     assert meta["state"] == "open" and meta["count"] == "3"
@@ -509,9 +520,7 @@ async def test_key_layout(redis_backend: Backend) -> None:
     ]
     for name in keys.stored:
         assert 99_000 < await client.pttl(name) <= 100_000
-    assert await client.zscore(redis_layout.index_key(p), "lay") == float(
-        meta["created_at"]
-    )
+    assert await client.zscore(redis_layout.index_key(p), "lay") == float(meta["created_at"])
     await engine.append("lay", [("end", pack(None))])
     for name in keys.stored:
         assert 199_000 < await client.pttl(name) <= 200_000
@@ -585,7 +594,7 @@ async def test_watch_before_create(redis_backend: Backend) -> None:
 
 
 def _reconnected(engine: RedisEngine, times: int) -> bool:
-    return engine.reconnects >= times
+    return engine.feed.reconnects >= times
 
 
 async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
@@ -597,7 +606,7 @@ async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
         # fakeredis has no CLIENT KILL: close the relay's connection under it instead. That does
         # not wake a pending read on fakeredis, so the relay notices on its next health check
         # (shortened by the test), as it would a half-open TCP connection.
-        conn = engine._conn
+        conn = engine.feed._conn
         assert conn is not None
         await conn.disconnect()
 
@@ -608,8 +617,8 @@ async def test_pubsub_reconnect_catches_up(
     """Events appended while the relay's pub/sub connection is down arrive once, in order."""
     backend = redis_backend
     # A long first retry delay makes sure the appends below happen while disconnected.
-    monkeypatch.setattr(redis_engine_module, "RECONNECT_MIN", 0.5)
-    monkeypatch.setattr(redis_engine_module, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(live_feed_module, "RECONNECT_MIN", 0.5)
+    monkeypatch.setattr(live_feed_module, "HEALTH_INTERVAL", 0.2)
     engine, recorder = await backend.engine()
     assert isinstance(engine, RedisEngine)
     assert backend.client is not None
@@ -621,7 +630,7 @@ async def test_pubsub_reconnect_catches_up(
     await until(lambda: recorder.ids("r1") == ids["r1"] and recorder.ids("r2") == ids["r2"])
 
     await _drop_pubsub(backend, engine)
-    await until(lambda: engine.reconnects == 1)
+    await until(lambda: engine.feed.reconnects == 1)
     for n in range(10):
         ids["r1"] += (await engine.append("r1", msgs(n))).ids
     ids["r1"] += (await engine.append("r1", [("end", pack(None))])).ids
@@ -636,11 +645,11 @@ async def test_pubsub_reconnect_catches_up(
     await until(lambda: recorder.ids("r1") == ids["r1"])
     assert recorder.gone == ["r2"]
     assert recorder.ids("r2") == ids["r2"]
-    assert engine.caught_up == 11, "what was appended while disconnected came from the stream"
+    assert engine.feed.caught_up == 11, "what was appended while disconnected came from the stream"
     # And live delivery works on the new connection.
     r3 += (await engine.append("r3", msgs("more"))).ids
     await until(lambda: recorder.ids("r3") == r3)
-    assert engine.reconnects == 1
+    assert engine.feed.reconnects == 1
 
 
 async def test_one_pubsub_connection_for_all_channels(redis_backend: Backend) -> None:
@@ -707,7 +716,7 @@ async def test_watch_guarantee_under_concurrent_writes(backend: Backend) -> None
     await until(lambda: bool(recorder.ids("busy")) and recorder.ids("busy")[-1] == written[-1])
     delivered = recorder.ids("busy")
     assert delivered == sorted(set(delivered), key=key), "in order, no duplicate"
-    assert delivered[-len(after):] == after
+    assert delivered[-len(after) :] == after
     # Whatever came before the boundary is a contiguous run of the stream (no holes).
     start = written.index(delivered[0])
     assert delivered == written[start:]
@@ -718,7 +727,7 @@ async def test_relay_survives_drops_under_load(
 ) -> None:
     """Drop the pub/sub connection twice while a writer appends: no loss, no duplicate."""
     backend = redis_backend
-    monkeypatch.setattr(redis_engine_module, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(live_feed_module, "HEALTH_INTERVAL", 0.2)
     engine, recorder = await backend.engine()
     assert isinstance(engine, RedisEngine)
     worker = backend.new_client() if backend.new_client else None
@@ -745,7 +754,7 @@ async def test_relay_survives_drops_under_load(
     await until(lambda: len(recorder.ids("load")) >= len(written))
     await asyncio.sleep(0.1)
     assert recorder.ids("load") == written
-    assert engine.caught_up > 0, "some events were appended while disconnected"
+    assert engine.feed.caught_up > 0, "some events were appended while disconnected"
 
 
 async def test_engine_from_url_absorbs_bursts(redis_url: str) -> None:
