@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from broker.context import BrokerContext
+from broker.vocabulary import CHANNEL_STATES, TRANSPORT_OF_ENDPOINT, TRANSPORTS
 
-TRANSPORTS = ("sse", "chunked", "ws", "poll")
 # Last path segment of a reader route -> transport name used in metrics and logs.
-READER_SEGMENTS = {"events": "sse", "stream": "chunked", "ws": "ws", "poll": "poll"}
+READER_SEGMENTS = TRANSPORT_OF_ENDPOINT
 # Engine calls are sub-millisecond in memory and around a millisecond on a nearby Redis.
 LATENCY_BUCKETS = (
     0.0001,
@@ -186,8 +186,8 @@ class _StateCollector(Collector):
                 "Channels stored (memory engine only), by state.",
                 labels=["state"],
             )
-            for state, count in sorted(states.items()):
-                family.add_metric([state], count)
+            for state in dict.fromkeys([*CHANNEL_STATES, *states]):
+                family.add_metric([state], states.get(state, 0))
             yield family
         if "feed_reconnects" in stats:
             yield CounterMetricFamily(

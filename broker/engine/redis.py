@@ -29,13 +29,13 @@ from broker.engine.live_feed import LiveFeed
 from broker.engine.redis_client import MAX_CONNECTIONS, ObservedRedis, connect
 from broker.engine.redis_layout import (
     DEFAULT_PREFIX,
-    append_events,
     channel_keys,
     create_channel,
     delete_channel,
     entry_event,
     index_key,
     now_ms,
+    run_append,
 )
 from broker.events import EventType, parse_event_id
 
@@ -121,20 +121,17 @@ class RedisEngine(Engine):
             ttl=self.limits.idle_ttl,
         )
 
-    @timed
-    async def append(
+    async def _append(
         self,
         channel_id: str,
         items: Sequence[tuple[EventType, bytes]],
         *,
-        writer: str | None = None,
-        seq: int | None = None,
+        writer: str | None,
+        seq: int | None,
     ) -> AppendResult:
         # Delivery to local watchers goes through pub/sub like everybody else's writes, so the
         # live feed has a single source of order.
-        return await append_events(
-            self._redis, self.prefix, channel_id, items, writer=writer, seq=seq
-        )
+        return await run_append(self._redis, self.prefix, channel_id, items, writer=writer, seq=seq)
 
     @timed
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
