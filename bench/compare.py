@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -516,6 +517,8 @@ def main() -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     gc.set_threshold(100_000, 50, 100)  # the client's own GC pauses would read as latency
+    # Stopped from outside: still stop every server this run started (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     redis = PrivateRedis() if "redis" in names else None
     servers: list[Server] = []
