@@ -16,9 +16,13 @@ from broker.context import BrokerContext, context_of
 from broker.engine.base import ChannelInfo
 from broker.errors import ApiError
 from broker.events import EventType, dumps, pack
+from broker.vocabulary import TRANSPORTS
 
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 WRITER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Idempotency keys are stored as writers under a prefix no writer id can take ('#' is outside
+# WRITER_ID), so a client naming its writer "key:abc" cannot collide with `Idempotency-Key: abc`.
+IDEMPOTENCY_NAMESPACE = "key#"
 MAX_SEQ = 2**53  # stays exact in JavaScript numbers
 
 
@@ -68,7 +72,7 @@ def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
         "messages": info.messages,
         "last_event_id": info.last_event_id,
         "expires_in": info.ttl,
-        "subscribers": {t: counts.get(t, 0) for t in ("sse", "chunked", "ws", "poll")},
+        "subscribers": {t: counts.get(t, 0) for t in TRANSPORTS},
     }
 
 
@@ -166,7 +170,7 @@ def _writer_and_seq(request: web.Request, body: dict[str, Any]) -> tuple[str | N
             raise ApiError(
                 400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters."
             )
-        return "key:" + key, 1
+        return IDEMPOTENCY_NAMESPACE + key, 1
     if writer is None and seq_raw is None:
         return None, None
     if not isinstance(writer, str) or not WRITER_ID.match(writer):

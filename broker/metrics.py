@@ -27,10 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from broker.context import BrokerContext
+from broker.vocabulary import CHANNEL_STATES, TRANSPORT_OF_ENDPOINT, TRANSPORTS
 
-TRANSPORTS = ("sse", "chunked", "ws", "poll")
 # Last path segment of a reader route -> transport name used in metrics and logs.
-READER_SEGMENTS = {"events": "sse", "stream": "chunked", "ws": "ws", "poll": "poll"}
+READER_SEGMENTS = TRANSPORT_OF_ENDPOINT
 ENGINE_OPERATIONS = (
     "create", "append", "read", "info", "delete", "channels", "watch", "unwatch", "exists_many",
 )
@@ -171,7 +171,7 @@ def _memory_channels(engine: Any) -> Metric:
         "unbroken_channels", "Channels stored (memory engine only), by state.", labels=["state"]
     )
     states = [channel.state for channel in getattr(engine, "_channels", {}).values()]
-    for state in ("open", "ended"):
+    for state in CHANNEL_STATES:
         family.add_metric([state], states.count(state))
     return family
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.vocabulary import CHANNEL_STATES, TRANSPORTS
+
 JSON = "application/json"
 SSE = "text/event-stream"
 
@@ -35,7 +37,7 @@ BOOL: Schema = {"type": "boolean"}
 ANY: Schema = {"description": "any JSON value, null included"}
 NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 EVENT_ID: Schema = {"type": "string", "pattern": r"^\d+-\d+$", "description": "opaque, increasing"}
-SUBSCRIBERS: Schema = _obj({t: INT for t in ("sse", "chunked", "ws", "poll")})
+SUBSCRIBERS: Schema = _obj({t: INT for t in TRANSPORTS})
 
 SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
@@ -61,7 +63,7 @@ SCHEMAS: dict[str, Schema] = {
     "ChannelStatus": _obj(
         {
             "id": STRING,
-            "state": {"enum": ["open", "ended"]},
+            "state": {"enum": list(CHANNEL_STATES)},
             "created_at": {"type": "integer", "description": "ms since the epoch"},
             "updated_at": INT,
             "messages": {"type": "integer", "description": "events ever appended"},
@@ -126,8 +128,8 @@ _ERROR_TEXT = {
     409: "Conflict",
     410: "The channel expired or was deleted",
     413: "Too large",
-    429: "Too many channels opened from this address",
-    503: "The broker is shutting down; reconnect to another",
+    429: "Too many channels opened (from this address, or broker-wide)",
+    503: "Unavailable: shutting down, storage unreachable, or at capacity; see Retry-After",
 }
 
 
@@ -255,7 +257,9 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": {
             "summary": "Open a channel",
             "description": "Under the `key` open policy send the app key as Bearer; under "
-            "`open`, opens are rate-limited per address (429 with Retry-After).",
+            "`open`, opens are rate-limited per address (429 with Retry-After). Broker-wide caps "
+            "hold under both: opens per second (429 `rate_limited`) and, on the memory engine, "
+            "channels held (503 `too_many_channels`).",
             "security": [{"bearer": []}, {}],
             "requestBody": {
                 "required": False,
@@ -268,6 +272,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     (400, "invalid_name"), (400, "invalid_json"), (400, "invalid_body"),
                     (401, "app_key_required"), (403, "app_key_invalid"),
                     (409, "channel_exists"), (429, "rate_limited"),
+                    (503, "too_many_channels"),
                 ),
             },
         },

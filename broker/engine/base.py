@@ -10,7 +10,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from broker.events import Event, EventType
+from broker.events import TERMINAL_TYPES, Event, EventType
 
 # Called by the engine with new events of one watched channel, in id order. `None` means the
 # channel disappeared (deleted or expired): its subscribers must be disconnected.
@@ -31,6 +31,32 @@ class ChannelNotFound(EngineError):
 
 class ChannelEnded(EngineError):
     pass
+
+
+# The event types a writer may append; `cancelled` only comes from Engine.cancel().
+WRITABLE_TYPES = frozenset({"message", "end", "error"})
+
+
+def check_batch(
+    items: Sequence[tuple[EventType, bytes]], writer: str | None, seq: int | None
+) -> None:
+    """Refuse a batch no engine may store (ValueError). Shared by every engine and by
+    redis_layout.append_events, so a batch means the same thing whoever appends it."""
+    if not items:
+        raise ValueError("a batch holds at least one event")
+    for n, (kind, payload) in enumerate(items):
+        if kind not in WRITABLE_TYPES:
+            raise ValueError(f"unknown event type {kind!r}")
+        if kind in TERMINAL_TYPES and n != len(items) - 1:
+            raise ValueError("only the last event of a batch may be 'end' or 'error'")
+        if not isinstance(payload, bytes):
+            raise ValueError("event data must be msgpack bytes")
+    if (writer is None) != (seq is None):
+        raise ValueError("give a writer id and a seq together, or neither")
+    if writer is not None and (not isinstance(writer, str) or not writer):
+        raise ValueError("the writer id must be a non-empty string")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 1):
+        raise ValueError("seq must be an integer >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +114,6 @@ class Engine(abc.ABC):
     async def create(self, channel_id: str) -> ChannelInfo:
         """Create an open channel. Raises ChannelExists."""
 
-    @abc.abstractmethod
     async def append(
         self,
         channel_id: str,
@@ -101,8 +126,21 @@ class Engine(abc.ABC):
 
         With a writer id, the batch takes the seqs `seq … seq+len-1`; a batch whose `seq` is not
         above the writer's last stored seq is a duplicate and stores nothing.
-        Raises ChannelNotFound, ChannelEnded.
+        Raises ValueError (a bad batch: nothing stored), ChannelNotFound, ChannelEnded.
         """
+        check_batch(items, writer, seq)
+        return await self._append(channel_id, items, writer=writer, seq=seq)
+
+    @abc.abstractmethod
+    async def _append(
+        self,
+        channel_id: str,
+        items: Sequence[tuple[EventType, bytes]],
+        *,
+        writer: str | None,
+        seq: int | None,
+    ) -> AppendResult:
+        """Store a batch that check_batch() accepted."""
 
     @abc.abstractmethod
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
@@ -125,6 +163,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def unwatch(self, channel_id: str) -> None: ...
+
+    def held_channels(self) -> int | None:
+        """How many channels this process holds in its own memory (for --max-channels), or None
+        when storage is elsewhere (Redis) and only the open rate is capped."""
+        return None
 
     async def exists_many(self, channel_ids: Sequence[str]) -> list[bool]:
         """Which of these channels still exist (used to notice expiry of watched channels)."""

@@ -1,6 +1,10 @@
 """The embedded engine: channels held in this process, same semantics as the Redis engine.
 
 For a single broker process with no Redis. Nothing survives a restart.
+
+The channels live in a `MemoryStore`. Each engine normally has its own; engines given the same
+store behave like broker processes sharing one Redis (every one of them delivers the appends of
+any of them to its watchers), which lets one contract suite run on every engine.
 """
 
 from __future__ import annotations
@@ -60,20 +64,41 @@ class _Channel:
         return f"{self.last_ms}-{self.last_seq}"
 
 
+class MemoryStore:
+    """Channels, and the started engines that relay their events."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, _Channel] = {}
+        self.engines: list[MemoryEngine] = []
+
+    def publish(self, channel_id: str, events: Sequence[Event] | None) -> None:
+        """Tell every engine watching the channel (the memory counterpart of pub/sub)."""
+        for engine in list(self.engines):
+            engine._relay(channel_id, events)
+
+
 class MemoryEngine(Engine):
     name = "memory"
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, store: MemoryStore | None = None) -> None:
         super().__init__(limits)
-        self._channels: dict[str, _Channel] = {}
+        self.store = store if store is not None else MemoryStore()
+        self._channels = self.store.channels
         self._watched: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, deliver: Deliver) -> None:
         await super().start(deliver)
+        self.store.engines.append(self)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-engine-sweeper")
 
+    def _relay(self, channel_id: str, events: Sequence[Event] | None) -> None:
+        if channel_id in self._watched and self._deliver is not None:
+            self._deliver(channel_id, events)
+
     async def close(self) -> None:
+        if self in self.store.engines:
+            self.store.engines.remove(self)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,9 +113,8 @@ class MemoryEngine(Engine):
         return channel
 
     def _drop(self, channel_id: str) -> None:
-        self._channels.pop(channel_id, None)
-        if channel_id in self._watched and self._deliver is not None:
-            self._deliver(channel_id, None)
+        if self._channels.pop(channel_id, None) is not None:
+            self.store.publish(channel_id, None)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -110,6 +134,9 @@ class MemoryEngine(Engine):
             ttl=max(0, int(channel.expires_at - time.monotonic())),
         )
 
+    def held_channels(self) -> int:
+        return len(self._channels)  # expired ones too, until swept: they still take memory
+
     async def create(self, channel_id: str) -> ChannelInfo:
         if self._get(channel_id) is not None:
             raise ChannelExists(channel_id)
@@ -124,13 +151,13 @@ class MemoryEngine(Engine):
         self._channels[channel_id] = channel
         return self._info(channel)
 
-    async def append(
+    async def _append(
         self,
         channel_id: str,
         items: Sequence[tuple[EventType, bytes]],
         *,
-        writer: str | None = None,
-        seq: int | None = None,
+        writer: str | None,
+        seq: int | None,
     ) -> AppendResult:
         channel = self._get(channel_id)
         if channel is None:
@@ -156,8 +183,7 @@ class MemoryEngine(Engine):
         ids = [event.id for event in new_events]
         if writer is not None and seq is not None:
             channel.writers[writer] = (seq + len(items) - 1, channel.last_event_id)
-        if channel_id in self._watched and self._deliver is not None and new_events:
-            self._deliver(channel_id, new_events)
+        self.store.publish(channel_id, new_events)
         return AppendResult(ids=ids, duplicate=False, last_event_id=channel.last_event_id)
 
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:

@@ -39,12 +39,12 @@ from broker.engine.base import (
 )
 from broker.engine.redis_layout import (
     DEFAULT_PREFIX,
-    append_events,
     channel_keys,
     create_channel,
     delete_channel,
     index_key,
     now_ms,
+    run_append,
 )
 from broker.events import Event, EventType, parse_event_id
 
@@ -188,19 +188,17 @@ class RedisEngine(Engine):
             ttl=self.limits.idle_ttl,
         )
 
-    async def append(
+    async def _append(
         self,
         channel_id: str,
         items: Sequence[tuple[EventType, bytes]],
         *,
-        writer: str | None = None,
-        seq: int | None = None,
+        writer: str | None,
+        seq: int | None,
     ) -> AppendResult:
         # Delivery to local watchers goes through pub/sub like everybody else's writes, so the
         # relay has a single source of order.
-        return await append_events(
-            self._redis, self.prefix, channel_id, items, writer=writer, seq=seq
-        )
+        return await run_append(self._redis, self.prefix, channel_id, items, writer=writer, seq=seq)
 
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
         after_key = None if after is None else parse_event_id(after)

@@ -31,8 +31,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from broker.engine.base import AppendResult, ChannelEnded, ChannelNotFound, Limits
-from broker.events import TERMINAL_TYPES, EventType
+from broker.engine.base import AppendResult, ChannelEnded, ChannelNotFound, Limits, check_batch
+from broker.events import EventType
 
 DEFAULT_PREFIX = "unbroken"
 
@@ -87,18 +87,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def check_items(items: Sequence[tuple[EventType, bytes]]) -> None:
-    """Only the last item of a batch may be terminal: nothing may follow an end or error."""
-    for kind, _ in items[:-1]:
-        if kind in TERMINAL_TYPES:
-            raise ValueError("only the last event of a batch may be 'end' or 'error'")
-    for kind, payload in items:
-        if kind not in ("message", "end", "error"):
-            raise ValueError(f"unknown event type {kind!r}")
-        if not isinstance(payload, bytes):
-            raise ValueError("event data must be msgpack bytes")
-
-
 async def create_channel(
     redis: Redis, prefix: str, channel_id: str, limits: Limits, *, created_at: int | None = None
 ) -> bool:
@@ -133,17 +121,27 @@ async def append_events(
     `duplicate=True` and the writer's last event id (even if the channel has ended since).
     Raises ChannelNotFound, ChannelEnded, ValueError (bad batch).
     """
-    check_items(items)
-    dedup = writer is not None and seq is not None
-    if dedup and (seq is None or seq < 1):
-        raise ValueError("seq must be an integer >= 1")
+    check_batch(items, writer, seq)
+    return await run_append(redis, prefix, channel_id, items, writer=writer, seq=seq)
+
+
+async def run_append(
+    redis: Redis,
+    prefix: str,
+    channel_id: str,
+    items: Sequence[tuple[EventType, bytes]],
+    *,
+    writer: str | None,
+    seq: int | None,
+) -> AppendResult:
+    """append_events() for a batch already checked by check_batch() (the engine's path)."""
     keys = channel_keys(prefix, channel_id)
     args: list[str | bytes | int] = [
         keys.live,
         now_ms(),
-        writer if dedup and writer is not None else "",
-        seq if dedup and seq is not None else 0,
-        seq + len(items) - 1 if dedup and seq is not None else 0,
+        writer if writer is not None else "",
+        seq if seq is not None else 0,
+        seq + len(items) - 1 if seq is not None else 0,
     ]
     for kind, payload in items:
         args.append(kind)
