@@ -15,6 +15,7 @@ from broker.context import BrokerContext, context_of
 from broker.engine.base import ChannelInfo
 from broker.errors import ApiError
 from broker.events import EventType, dumps, pack
+from broker.vocabulary import TRANSPORTS
 
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 WRITER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -70,7 +71,7 @@ def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
         "messages": info.messages,
         "last_event_id": info.last_event_id,
         "expires_in": info.ttl,
-        "subscribers": {t: counts.get(t, 0) for t in ("sse", "chunked", "ws", "poll")},
+        "subscribers": {t: counts.get(t, 0) for t in TRANSPORTS},
     }
 
 

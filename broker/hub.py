@@ -1,4 +1,4 @@
-"""The relay's fan-out: the engine hands each new event to the hub once; the hub queues that same
+"""The fan-out: the engine hands each new event to the hub once; the hub queues that same
 object (with its cached encodings) for every local subscriber of the channel.
 
 A subscriber is one connected reader. Its queue is bounded by bytes: a reader whose socket does
@@ -16,6 +16,7 @@ from typing import Protocol
 
 from broker.engine.base import Engine
 from broker.events import Event
+from broker.vocabulary import ReconnectReason
 
 log = logging.getLogger("unbroken.hub")
 
@@ -23,9 +24,9 @@ EXPIRY_CHECK_INTERVAL = 30.0  # seconds between checks that watched channels sti
 
 
 class Closed(Exception):
-    """The subscriber must stop: gone | slow_consumer | shutdown | client_closed."""
+    """The subscriber must stop (broker.vocabulary.ReconnectReason says why)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: ReconnectReason) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -80,7 +81,7 @@ class Subscriber:
         self.max_pending = max_pending
         self.last_key: tuple[int, int] = (-1, -1)  # newest id handed to this reader
         self.pending = 0  # bytes queued, measured on the SSE encoding
-        self.closed: str | None = None
+        self.closed: ReconnectReason | None = None
         self._queue: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._socket: Socket | None = None
@@ -128,7 +129,7 @@ class Subscriber:
         self.last_key = events[-1].key
         return True
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: ReconnectReason) -> None:
         if self.closed is None:
             self.closed = reason
             self._queue.clear()
@@ -199,7 +200,7 @@ class Hub:
     def all_subscribers(self) -> list[Subscriber]:
         return [s for group in self._channels.values() for s in group]
 
-    async def close(self, reason: str = "shutdown") -> None:
+    async def close(self, reason: ReconnectReason = "shutdown") -> None:
         for subscriber in self.all_subscribers():
             subscriber.close(reason)
         if self._expiry_task is not None:

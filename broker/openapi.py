@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.vocabulary import CHANNEL_STATES, TRANSPORTS
+
 JSON = "application/json"
 SSE = "text/event-stream"
 
@@ -35,7 +37,7 @@ BOOL: Schema = {"type": "boolean"}
 ANY: Schema = {"description": "any JSON value, null included"}
 NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 EVENT_ID: Schema = {"type": "string", "pattern": r"^\d+-\d+$", "description": "opaque, increasing"}
-SUBSCRIBERS: Schema = _obj({t: INT for t in ("sse", "chunked", "ws", "poll")})
+SUBSCRIBERS: Schema = _obj({t: INT for t in TRANSPORTS})
 
 SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
@@ -66,7 +68,7 @@ SCHEMAS: dict[str, Schema] = {
     "ChannelStatus": _obj(
         {
             "id": STRING,
-            "state": {"enum": ["open", "ended"]},
+            "state": {"enum": list(CHANNEL_STATES)},
             "created_at": {"type": "integer", "description": "ms since the epoch"},
             "updated_at": INT,
             "messages": {"type": "integer", "description": "events ever appended"},
