@@ -1,9 +1,8 @@
-"""The channel API: open, write, end, error, status, delete, list, health."""
+"""The channel API: open, write, end, error, status, delete, list."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 from typing import Any
@@ -139,15 +138,6 @@ async def list_channels(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 10000.") from exc
     infos = await ctx.engine.channels(limit)
     return web.json_response({"channels": [info_json(ctx, info) for info in infos]})
-
-
-async def healthz(request: web.Request) -> web.Response:
-    ctx = context_of(request)
-    status = "draining" if ctx.draining else "ok"
-    return web.json_response(
-        {"status": status, "engine": ctx.engine.name, "pid": os.getpid()},
-        status=503 if ctx.draining else 200,
-    )
 
 
 def gone_or_missing(request: web.Request, channel_id: str) -> ApiError:

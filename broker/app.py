@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from broker import api, ops
+from broker import api, health, ops
 from broker.config import Settings
 from broker.context import CONTEXT, BrokerContext, OpenRateLimiter
 from broker.engine.base import Engine
@@ -129,7 +129,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app.on_response_prepare.append(_add_cors)
     app.router.add_routes(
         [
-            web.get("/healthz", api.healthz),
             web.post("/v1/channels", api.open_channel),
             web.get("/v1/channels", api.list_channels),
             web.get("/v1/channels/{channel_id}", api.channel_status),
@@ -145,5 +144,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.get("/v1/channels/{channel_id}/poll", poll.poll, allow_head=False),
         ]
     )
+    health.setup(app, engine)  # /healthz, /readyz
     ops.setup(app)  # /metrics, /openapi.json, /dashboard, admin stats; counts HTTP errors
     return app

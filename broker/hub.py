@@ -1,4 +1,4 @@
-"""The relay's fan-out: the engine hands each new event to the hub once; the hub queues that same
+"""The fan-out: the engine hands each new event to the hub once; the hub queues that same
 object (with its cached encodings) for every local subscriber of the channel.
 
 A subscriber is one connected reader. Its queue is bounded by bytes: a reader whose socket does

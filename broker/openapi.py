@@ -44,7 +44,12 @@ SCHEMAS: dict[str, Schema] = {
         {"error": _obj({"code": STRING, "message": STRING})},
     ),
     "Health": _obj(
-        {"status": {"enum": ["ok", "draining"]}, "engine": {"enum": ["memory", "redis"]}}
+        {
+            "status": {"enum": ["ok", "degraded", "draining"]},
+            "engine": {"enum": ["memory", "redis"]},
+            "engine_ok": BOOL,
+        },
+        {"pid": INT},
     ),
     "ChannelToken": _obj(
         {"unbroken": {"const": 1}, "broker": STRING, "channel": STRING, "token": STRING}
@@ -265,8 +270,23 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Liveness and engine",
             "security": [],
             "responses": {
-                "200": _json("Serving.", _ref("Health")),
+                "200": _json(
+                    "Serving; `engine_ok` false (`status: degraded`) while the engine's "
+                    "storage is unreachable.",
+                    _ref("Health"),
+                ),
                 "503": _json("Draining for shutdown (`status: draining`).", _ref("Health")),
+            },
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: serving and the engine's storage reachable",
+            "description": "The engine is probed with one PING (0.5 s timeout), cached for 1 s.",
+            "security": [],
+            "responses": {
+                "200": _json("Ready for traffic.", _ref("Health")),
+                "503": _json("Draining, or the engine is unreachable.", _ref("Health")),
             },
         }
     },

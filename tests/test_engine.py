@@ -22,7 +22,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from broker.engine import redis as redis_engine_module
+from broker.engine import live_feed as live_feed_module
 from broker.engine import redis_layout
 from broker.engine.base import (
     AppendResult,
@@ -691,7 +691,7 @@ async def test_key_layout(redis_backend: Backend) -> None:
 
 
 def _reconnected(engine: RedisEngine, times: int) -> bool:
-    return engine.reconnects >= times
+    return engine.feed.reconnects >= times
 
 
 async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
@@ -703,7 +703,7 @@ async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
         # fakeredis has no CLIENT KILL: close the relay's connection under it instead. That does
         # not wake a pending read on fakeredis, so the relay notices on its next health check
         # (shortened by the test), as it would a half-open TCP connection.
-        conn = engine._conn
+        conn = engine.feed._conn
         assert conn is not None
         await conn.disconnect()
 
@@ -714,8 +714,8 @@ async def test_pubsub_reconnect_catches_up(
     """Events appended while the relay's pub/sub connection is down arrive once, in order."""
     backend = redis_backend
     # A long first retry delay makes sure the appends below happen while disconnected.
-    monkeypatch.setattr(redis_engine_module, "RECONNECT_MIN", 0.5)
-    monkeypatch.setattr(redis_engine_module, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(live_feed_module, "RECONNECT_MIN", 0.5)
+    monkeypatch.setattr(live_feed_module, "HEALTH_INTERVAL", 0.2)
     engine, recorder = await backend.engine()
     assert isinstance(engine, RedisEngine)
     assert backend.client is not None
@@ -727,7 +727,7 @@ async def test_pubsub_reconnect_catches_up(
     await until(lambda: recorder.ids("r1") == ids["r1"] and recorder.ids("r2") == ids["r2"])
 
     await _drop_pubsub(backend, engine)
-    await until(lambda: engine.reconnects == 1)
+    await until(lambda: engine.feed.reconnects == 1)
     for n in range(10):
         ids["r1"] += (await engine.append("r1", msgs(n))).ids
     ids["r1"] += (await engine.append("r1", [("end", pack(None))])).ids
@@ -742,11 +742,11 @@ async def test_pubsub_reconnect_catches_up(
     await until(lambda: recorder.ids("r1") == ids["r1"])
     assert recorder.gone == ["r2"]
     assert recorder.ids("r2") == ids["r2"]
-    assert engine.caught_up == 11, "what was appended while disconnected came from the stream"
+    assert engine.feed.caught_up == 11, "what was appended while disconnected came from the stream"
     # And live delivery works on the new connection.
     r3 += (await engine.append("r3", msgs("more"))).ids
     await until(lambda: recorder.ids("r3") == r3)
-    assert engine.reconnects == 1
+    assert engine.feed.reconnects == 1
 
 
 async def test_one_pubsub_connection_for_all_channels(redis_url: str) -> None:
@@ -839,7 +839,7 @@ async def test_relay_survives_drops_under_load(
 ) -> None:
     """Drop the pub/sub connection twice while a writer appends: no loss, no duplicate."""
     backend = redis_backend
-    monkeypatch.setattr(redis_engine_module, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(live_feed_module, "HEALTH_INTERVAL", 0.2)
     engine, recorder = await backend.engine()
     assert isinstance(engine, RedisEngine)
     worker = backend.new_client() if backend.new_client else None
@@ -866,7 +866,7 @@ async def test_relay_survives_drops_under_load(
     await until(lambda: len(recorder.ids("load")) >= len(written))
     await asyncio.sleep(0.1)
     assert recorder.ids("load") == written
-    assert engine.caught_up > 0, "some events were appended while disconnected"
+    assert engine.feed.caught_up > 0, "some events were appended while disconnected"
 
 
 async def test_engine_from_url_absorbs_bursts(redis_url: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,8 +27,10 @@ from broker.engine.base import (
     Engine,
     Limits,
     ReadResult,
+    timed,
 )
 from broker.events import Event, EventType, parse_event_id
+from broker.vocabulary import CHANNEL_STATES
 
 SWEEP_INTERVAL = 1.0  # seconds between expiry sweeps
 
@@ -88,6 +90,10 @@ class MemoryEngine(Engine):
         self._watched: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
+    def stats(self) -> dict[str, int]:
+        states = Counter(channel.state for channel in self._channels.values())
+        return {f"channels_{state}": states[state] for state in {*CHANNEL_STATES, *states}}
+
     async def start(self, deliver: Deliver) -> None:
         await super().start(deliver)
         self.store.engines.append(self)
@@ -138,6 +144,7 @@ class MemoryEngine(Engine):
     def held_channels(self) -> int:
         return len(self._channels)  # expired ones too, until swept: they still take memory
 
+    @timed
     async def create(self, channel_id: str) -> ChannelInfo:
         if self._get(channel_id) is not None:
             raise ChannelExists(channel_id)
@@ -209,6 +216,7 @@ class MemoryEngine(Engine):
             last_event_id=channel.last_event_id,
         )
 
+    @timed
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
         channel = self._get(channel_id)
         if channel is None:
@@ -233,24 +241,29 @@ class MemoryEngine(Engine):
             more=position + count < len(events),
         )
 
+    @timed
     async def info(self, channel_id: str) -> ChannelInfo | None:
         channel = self._get(channel_id)
         return None if channel is None else self._info(channel)
 
+    @timed
     async def delete(self, channel_id: str) -> bool:
         if self._get(channel_id) is None:
             return False
         self._drop(channel_id)
         return True
 
+    @timed
     async def channels(self, limit: int = 1000) -> list[ChannelInfo]:
         live = [c for c in list(self._channels.values()) if self._get(c.id) is not None]
         live.sort(key=lambda c: c.created_at, reverse=True)
         return [self._info(c) for c in live[:limit]]
 
+    @timed
     async def watch(self, channel_id: str) -> None:
         self._watched.add(channel_id)
 
+    @timed
     async def unwatch(self, channel_id: str) -> None:
         self._watched.discard(channel_id)
 

@@ -24,13 +24,15 @@ See docs/redis-layout.md for the layout and redis-cli recipes.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from broker.engine.base import (
     AppendResult,
@@ -40,7 +42,7 @@ from broker.engine.base import (
     Limits,
     check_batch,
 )
-from broker.events import EventType
+from broker.events import Event, EventType
 
 DEFAULT_PREFIX = "unbroken"
 
@@ -48,14 +50,37 @@ DEFAULT_PREFIX = "unbroken"
 DELETED_NOTICE = b"\ndeleted\n"
 
 
-def _load(name: str) -> str:
-    return Path(__file__).with_name(name).read_text(encoding="utf-8")
+@dataclass(slots=True)
+class LuaScript:
+    """A Lua script loaded once per process and run by its SHA1 (EVALSHA).
+
+    Works with any client (Redis, RedisCluster, a Sentinel-managed master): the body is sent only
+    when a server answers NOSCRIPT (a restarted or newly promoted node), not with every call.
+    """
+
+    name: str
+    body: bytes
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha = hashlib.sha1(self.body).hexdigest()
+
+    async def __call__(self, redis: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # EVAL both runs and caches it on the node that owns these keys.
+            return await redis.eval(self.body, len(keys), *keys, *args)
 
 
-APPEND_LUA = _load("append.lua")
-CREATE_LUA = _load("create.lua")
-DELETE_LUA = _load("delete.lua")
-CANCEL_LUA = _load("cancel.lua")
+def _load(name: str) -> LuaScript:
+    return LuaScript(name, Path(__file__).with_name(name).read_bytes())
+
+
+APPEND = _load("append.lua")
+CREATE = _load("create.lua")
+DELETE = _load("delete.lua")
+CANCEL = _load("cancel.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +127,8 @@ async def create_channel(
     """Create an open channel with these limits; False when it already exists."""
     keys = channel_keys(prefix, channel_id)
     now = now_ms() if created_at is None else created_at
-    created = await redis.register_script(CREATE_LUA)(
-        keys=list(keys.stored),
-        args=[now, limits.idle_ttl, limits.retention, limits.max_messages],
+    created = await CREATE(
+        redis, keys.stored, [now, limits.idle_ttl, limits.retention, limits.max_messages]
     )
     if not created:
         return False
@@ -155,10 +179,7 @@ async def run_append(
     for kind, payload in items:
         args.append(kind)
         args.append(payload)
-    # Script.__call__ runs EVALSHA and loads the script on NOSCRIPT, so the body is sent once per
-    # server, not with every write.
-    script = redis.register_script(APPEND_LUA)
-    reply = await script(keys=list(keys.stored), args=args)
+    reply = await APPEND(redis, keys.stored, args)
     status = _text(reply[0])
     if status == "ok":
         last_id = _text(reply[1]) or None
@@ -181,8 +202,7 @@ async def cancel_channel(
 ) -> AppendResult:
     """Append the terminal `cancelled` event (cancel.lua): see Engine.cancel()."""
     keys = channel_keys(prefix, channel_id)
-    script = redis.register_script(CANCEL_LUA)
-    reply = await script(keys=list(keys.stored), args=[keys.live, now_ms(), payload])
+    reply = await CANCEL(redis, keys.stored, [keys.live, now_ms(), payload])
     status = _text(reply[0])
     if status == "ok":
         event_id = _text(reply[1])
@@ -199,6 +219,13 @@ async def cancel_channel(
 async def delete_channel(redis: Redis, prefix: str, channel_id: str) -> bool:
     """Delete a channel's keys and publish the deletion notice; False when it did not exist."""
     keys = channel_keys(prefix, channel_id)
-    deleted = await redis.register_script(DELETE_LUA)(keys=list(keys.stored), args=[keys.live])
+    deleted = await DELETE(redis, keys.stored, [keys.live])
     await redis.zrem(index_key(prefix), channel_id)
     return bool(deleted)
+
+
+def entry_event(entry_id: Any, fields: dict[Any, Any]) -> Event:
+    """The event of one stream entry (as XRANGE returns it)."""
+    kind = fields.get(b"type", fields.get("type", b"message"))
+    data = fields.get(b"data", fields.get("data", b"\xc0"))
+    return Event(_text(entry_id), cast(EventType, _text(kind)), data)

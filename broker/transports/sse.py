@@ -70,13 +70,13 @@ async def _serve(
         await response.prepare(request)
         _attach_direct_writes(reading, request, response)
         with contextlib.suppress(ConnectionError):  # the reader went away; it will resume
-            await _relay(reading, response, duration)
+            await _forward(reading, response, duration)
         return response
     finally:
         await reading.close()
 
 
-async def _relay(reading: Reading, response: web.StreamResponse, duration: float | None) -> None:
+async def _forward(reading: Reading, response: web.StreamResponse, duration: float | None) -> None:
     heartbeat = reading.ctx.settings.heartbeat
     head = b"retry: 1000\n\n"
     if reading.gap is not None:
