@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 from broker.events import Event, EventType
 
+# Events per append: one append is one Lua call (or one loop on the event loop), which blocks every
+# other client of that Redis (or this broker) while it runs.
+MAX_BATCH_EVENTS = 1000
+
 # Called by the engine with new events of one watched channel, in id order. `None` means the
 # channel disappeared (deleted or expired): its subscribers must be disconnected.
 Deliver = Callable[[str, Sequence[Event] | None], None]

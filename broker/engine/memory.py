@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from broker.engine.base import (
+    MAX_BATCH_EVENTS,
     AppendResult,
     ChannelEnded,
     ChannelExists,
@@ -132,6 +133,8 @@ class MemoryEngine(Engine):
         writer: str | None = None,
         seq: int | None = None,
     ) -> AppendResult:
+        if len(items) > MAX_BATCH_EVENTS:  # the same bound as the Redis engine
+            raise ValueError(f"at most {MAX_BATCH_EVENTS} events per append, not {len(items)}")
         channel = self._get(channel_id)
         if channel is None:
             raise ChannelNotFound(channel_id)

@@ -31,7 +31,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from broker.engine.base import AppendResult, ChannelEnded, ChannelNotFound, Limits
+from broker.engine.base import (
+    MAX_BATCH_EVENTS,
+    AppendResult,
+    ChannelEnded,
+    ChannelNotFound,
+    Limits,
+)
 from broker.events import TERMINAL_TYPES, EventType
 
 DEFAULT_PREFIX = "unbroken"
@@ -89,6 +95,8 @@ def _text(value: Any) -> str:
 
 def check_items(items: Sequence[tuple[EventType, bytes]]) -> None:
     """Only the last item of a batch may be terminal: nothing may follow an end or error."""
+    if len(items) > MAX_BATCH_EVENTS:
+        raise ValueError(f"at most {MAX_BATCH_EVENTS} events per append, not {len(items)}")
     for kind, _ in items[:-1]:
         if kind in TERMINAL_TYPES:
             raise ValueError("only the last event of a batch may be 'end' or 'error'")
