@@ -1,10 +1,9 @@
-"""The channel API: open, write, end, error, status, delete, list, health."""
+"""The channel API: open, write, end, error, status, delete, list."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import secrets
 from typing import Any
@@ -14,13 +13,17 @@ from aiohttp import web
 from broker import metrics
 from broker.auth import authorize_admin, authorize_channel, authorize_open
 from broker.context import BrokerContext, context_of
-from broker.engine.base import MAX_BATCH_EVENTS, ChannelInfo
+from broker.engine.base import MAX_BATCH_EVENTS, MAX_CANCEL_REASON, ChannelInfo
 from broker.errors import ApiError
 from broker.events import EventType, dumps, pack
+from broker.vocabulary import TRANSPORTS
 
 # Names are matched with fullmatch: `$` would let a trailing "\n" through.
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 WRITER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# Idempotency keys are stored as writers under a prefix no writer id can take ('#' is outside
+# WRITER_ID), so a client naming its writer "key:abc" cannot collide with `Idempotency-Key: abc`.
+IDEMPOTENCY_NAMESPACE = "key#"
 MAX_SEQ = 2**53  # stays exact in JavaScript numbers
 MAX_BATCH = MAX_BATCH_EVENTS  # messages per request: one append is one Redis call
 MAX_DEPTH = 64  # nesting of arrays and objects in a body; JSON readers recurse
@@ -127,7 +130,7 @@ def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
         "messages": info.messages,
         "last_event_id": info.last_event_id,
         "expires_in": info.ttl,
-        "subscribers": {t: counts.get(t, 0) for t in ("sse", "chunked", "ws", "poll")},
+        "subscribers": {t: counts.get(t, 0) for t in TRANSPORTS},
     }
 
 
@@ -198,15 +201,6 @@ async def list_channels(request: web.Request) -> web.Response:
     return web.json_response({"channels": [info_json(ctx, info) for info in infos]})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    ctx = context_of(request)
-    status = "draining" if ctx.draining else "ok"
-    return web.json_response(
-        {"status": status, "engine": ctx.engine.name, "pid": os.getpid()},
-        status=503 if ctx.draining else 200,
-    )
-
-
 def gone_or_missing(request: web.Request, channel_id: str) -> ApiError:
     # A valid channel token proves the channel existed, so its absence means it expired or was
     # deleted; only admin requests can ask about ids that never existed.
@@ -227,7 +221,7 @@ def _writer_and_seq(request: web.Request, body: dict[str, Any]) -> tuple[str | N
             raise ApiError(
                 400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters."
             )
-        return "key:" + key, 1
+        return IDEMPOTENCY_NAMESPACE + key, 1
     if writer is None and seq_raw is None:
         return None, None
     if not valid_name(WRITER_ID, writer):
@@ -321,6 +315,26 @@ async def error_channel(request: web.Request) -> web.Response:
     data = body.get("data", {"message": "The backend reported an error."})
     payload = _encode(ctx, data, await body_size(request))
     return await _append(request, [("error", payload)], body)
+
+
+async def cancel_channel(request: web.Request) -> web.Response:
+    """Stop generation: any reader may cancel (the read token suffices), so may the writer."""
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "read")
+    body = await json_body(request, required=False)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_CANCEL_REASON):
+        raise ApiError(
+            400,
+            "invalid_reason",
+            f"reason must be a string of at most {MAX_CANCEL_REASON} characters, or absent.",
+        )
+    result = await ctx.engine.cancel(channel_id, reason)
+    return web.json_response(
+        {"ids": result.ids, "duplicate": result.duplicate, "last_event_id": result.last_event_id},
+        status=200 if result.duplicate else 201,
+    )
 
 
 async def inspect_channel(request: web.Request) -> web.Response:

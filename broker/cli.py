@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.app import create_app
-from broker.config import Settings, settings_from_env
+from broker.config import SECRET_FILE_SETTINGS, Settings, read_secret_file, settings_from_env
 from broker.logs import configure_logging
 
 log = logging.getLogger("unbroken")
@@ -30,11 +30,37 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--engine", choices=["memory", "redis"], help="UNBROKEN_ENGINE")
     serve.add_argument("--redis", dest="redis_url", help="Redis URL; implies --engine redis")
     serve.add_argument("--redis-prefix", help="key prefix (UNBROKEN_REDIS_PREFIX)")
-    serve.add_argument("--secret", help="kid:secret[,kid:secret] key ring (UNBROKEN_SECRET)")
+    serve.add_argument(
+        "--secret",
+        help="kid:secret[,kid:secret] key ring (UNBROKEN_SECRET; prefer the env or a file: "
+        "arguments show in `ps`)",
+    )
+    serve.add_argument(
+        "--secret-file", help="read the key ring from this file (UNBROKEN_SECRET_FILE)"
+    )
     serve.add_argument("--public-url", help="base URL written into tokens")
     serve.add_argument("--open-policy", choices=["open", "key"], help="who may open channels")
     serve.add_argument("--app-key", dest="app_keys", action="append", help="accepted app key")
-    serve.add_argument("--admin-token", help="token for admin routes")
+    serve.add_argument("--admin-token", help="token for admin routes (UNBROKEN_ADMIN_TOKEN)")
+    serve.add_argument(
+        "--admin-token-file", help="read the admin token from this file (UNBROKEN_ADMIN_TOKEN_FILE)"
+    )
+    serve.add_argument(
+        "--admin-open",
+        action="store_true",
+        default=None,
+        help="admin routes without a token: local development only (UNBROKEN_ADMIN_OPEN=1)",
+    )
+    serve.add_argument(
+        "--max-open-rate",
+        type=float,
+        help="channel opens per second over all clients, 0 = no cap (UNBROKEN_MAX_OPEN_RATE)",
+    )
+    serve.add_argument(
+        "--max-channels",
+        type=int,
+        help="channels the memory engine holds, 0 = no cap (UNBROKEN_MAX_CHANNELS)",
+    )
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats (15)")
     serve.add_argument("--idle-ttl", type=int, help="seconds an unwritten open channel lives")
     serve.add_argument("--retention", type=int, help="seconds an ended channel stays readable")
@@ -84,6 +110,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "public_url",
             "open_policy",
             "admin_token",
+            "admin_open",
+            "max_open_rate",
+            "max_channels",
             "heartbeat",
             "idle_ttl",
             "retention",
@@ -94,6 +123,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "log_level",
         )
     }
+    for name in SECRET_FILE_SETTINGS:
+        path = getattr(args, f"{name}_file")
+        if path and values[name] is None:
+            values[name] = read_secret_file(path, f"--{name.replace('_', '-')}-file")
     if args.app_keys:
         values["app_keys"] = tuple(args.app_keys)
     if args.redis_url and not args.engine:

@@ -23,8 +23,14 @@ class Settings:
     open_policy: str = "open"  # "open" (rate-limited per client) | "key"
     app_keys: tuple[str, ...] = ()
     admin_token: str = ""
+    # Local development only: admin routes answer without the admin token (a WARNING at start).
+    admin_open: bool = False
     open_rate: float = 5.0  # channel opens per second per client address under "open"
     open_burst: int = 50
+    # Caps over all addresses (0 = none): per-address limits alone let rotating source addresses
+    # open channels without bound. max_channels applies to the memory engine (its RAM).
+    max_open_rate: float = 200.0  # channel opens per second, all clients together
+    max_channels: int = 100_000
     heartbeat: float = 15.0
     token_ttl: int = 86_400
     limits: Limits = field(default_factory=Limits)
@@ -69,6 +75,8 @@ _ENV_CASTS: dict[str, Any] = {
     "admin_token": str,
     "open_rate": float,
     "open_burst": int,
+    "max_open_rate": float,
+    "max_channels": int,
     "heartbeat": float,
     "token_ttl": int,
     "max_message_bytes": int,
@@ -83,8 +91,28 @@ _ENV_CASTS: dict[str, Any] = {
 }
 
 
+# Secrets may come from a file (Docker/Kubernetes secrets; keeps them out of `ps` and shell
+# history): UNBROKEN_SECRET_FILE, UNBROKEN_ADMIN_TOKEN_FILE, or --secret-file/--admin-token-file.
+SECRET_FILE_SETTINGS = ("secret", "admin_token")
+
+
+def read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = file.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the {what} file {path!r}: {exc}") from exc
+    if not value:
+        raise ValueError(f"the {what} file {path!r} is empty")
+    return value
+
+
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
     values: dict[str, Any] = {}
+    for name in SECRET_FILE_SETTINGS:
+        path = environ.get(f"UNBROKEN_{name.upper()}_FILE")
+        if path and not environ.get(f"UNBROKEN_{name.upper()}"):
+            values[name] = read_secret_file(path, f"UNBROKEN_{name.upper()}_FILE")
     for name, cast in _ENV_CASTS.items():
         raw = environ.get(f"UNBROKEN_{name.upper()}")
         if raw is not None and raw != "":
@@ -96,4 +124,6 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         values["app_keys"] = tuple(k.strip() for k in keys.split(",") if k.strip())
     if environ.get("UNBROKEN_LOG_JSON", "").lower() in ("1", "true", "yes"):
         values["log_json"] = True
+    if environ.get("UNBROKEN_ADMIN_OPEN", "").lower() in ("1", "true", "yes"):
+        values["admin_open"] = True
     return Settings().with_overrides(**values)

@@ -12,8 +12,11 @@ from typing import Any, Final, Literal
 
 import msgpack
 
-EventType = Literal["message", "end", "error"]
-TERMINAL_TYPES: Final = frozenset({"end", "error"})
+from broker.vocabulary import TERMINAL_EVENT_TYPES
+
+# `cancelled` is appended only by a cancel (a reader pressed Stop), never by a writer.
+EventType = Literal["message", "end", "error", "cancelled"]
+TERMINAL_TYPES: Final = frozenset(TERMINAL_EVENT_TYPES)
 
 # ASCII digits only (`\d` also matches other scripts' digits), anchored with `\Z` (`$` also
 # matches before a final "\n"), each part a Redis stream id half: an unsigned 64-bit integer.
@@ -34,6 +37,12 @@ def parse_event_id(value: str) -> tuple[int, int]:
     if key[0] > _U64_MAX or key[1] > _U64_MAX or key == (_U64_MAX, _U64_MAX):
         raise ValueError(f"event id out of range: {value!r}")
     return key
+
+
+def id_before(event_id: str) -> str:
+    """The greatest possible id below `event_id`: reading after it starts at `event_id`."""
+    ms, seq = parse_event_id(event_id)
+    return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{2**64 - 1}"
 
 
 def pack(value: Any) -> bytes:

@@ -1,4 +1,4 @@
-"""The relay's fan-out: the engine hands each new event to the hub once; the hub queues that same
+"""The fan-out: the engine hands each new event to the hub once; the hub queues that same
 object (with its cached encodings) for every local subscriber of the channel.
 
 A subscriber is one connected reader. Its queue is bounded by bytes: a reader whose socket does
@@ -16,6 +16,7 @@ from typing import Protocol
 
 from broker.engine.base import Engine
 from broker.events import Event
+from broker.vocabulary import ReconnectReason
 
 log = logging.getLogger("unbroken.hub")
 
@@ -23,9 +24,9 @@ EXPIRY_CHECK_INTERVAL = 30.0  # seconds between checks that watched channels sti
 
 
 class Closed(Exception):
-    """The subscriber must stop: gone | slow_consumer | shutdown | client_closed."""
+    """The subscriber must stop (broker.vocabulary.ReconnectReason says why)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: ReconnectReason) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -71,16 +72,22 @@ class Subscriber:
         "last_key",
         "max_pending",
         "pending",
+        "terminal_only",
         "transport",
     )
 
-    def __init__(self, channel_id: str, transport: str, max_pending: int) -> None:
+    def __init__(
+        self, channel_id: str, transport: str, max_pending: int, *, terminal_only: bool = False
+    ) -> None:
         self.channel_id = channel_id
         self.transport = transport
         self.max_pending = max_pending
+        # A writer waiting for the channel's end (`?only=terminal`): it gets terminal events
+        # only, so messages are dropped here, before the direct-write path and the queue.
+        self.terminal_only = terminal_only
         self.last_key: tuple[int, int] = (-1, -1)  # newest id handed to this reader
         self.pending = 0  # bytes queued, measured on the SSE encoding
-        self.closed: str | None = None
+        self.closed: ReconnectReason | None = None
         self._queue: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._socket: Socket | None = None
@@ -93,6 +100,10 @@ class Subscriber:
     def push(self, events: Sequence[Event]) -> None:
         if self.closed is not None:
             return
+        if self.terminal_only:
+            events = [event for event in events if event.terminal]
+            if not events:
+                return
         waiter = self._waiter
         if waiter is not None and not waiter.done() and self._write is not None and not self._queue:
             if self._write_direct(events):
@@ -128,7 +139,7 @@ class Subscriber:
         self.last_key = events[-1].key
         return True
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: ReconnectReason) -> None:
         if self.closed is None:
             self.closed = reason
             self._queue.clear()
@@ -199,7 +210,7 @@ class Hub:
     def all_subscribers(self) -> list[Subscriber]:
         return [s for group in self._channels.values() for s in group]
 
-    async def close(self, reason: str = "shutdown") -> None:
+    async def close(self, reason: ReconnectReason = "shutdown") -> None:
         for subscriber in self.all_subscribers():
             subscriber.close(reason)
         if self._expiry_task is not None:
@@ -223,9 +234,13 @@ class Hub:
             self.delivered += len(events) * len(subscribers)
             self.relayed.update(event.type for event in events)
 
-    async def subscribe(self, channel_id: str, transport: str) -> Subscriber:
+    async def subscribe(
+        self, channel_id: str, transport: str, *, terminal_only: bool = False
+    ) -> Subscriber:
         """Register a reader. Events appended after this returns reach its queue."""
-        subscriber = Subscriber(channel_id, transport, self.max_pending)
+        subscriber = Subscriber(
+            channel_id, transport, self.max_pending, terminal_only=terminal_only
+        )
         subscribers = self._channels.get(channel_id)
         if subscribers is None:
             # A channel is in _channels only once the engine confirmed it is watched; watch and

@@ -1,7 +1,7 @@
 """Operator routes: Prometheus metrics, the OpenAPI document, the dashboard and its JSON.
 
 `setup(app)` is called once by create_app. Everything here is for the people running the broker;
-all data routes go through authorize_admin (the admin token, or loopback-only without one).
+all data routes go through authorize_admin (the admin token; no token only under --admin-open).
 The dashboard's static files carry no data and are served to anyone: the page asks for the admin
 token when the data routes refuse it.
 """
@@ -20,6 +20,7 @@ from broker.auth import authorize_admin
 from broker.context import CONTEXT, context_of
 from broker.errors import ApiError
 from broker.openapi import document
+from broker.vocabulary import TRANSPORTS
 
 STATIC = Path(__file__).parent / "static" / "dashboard"
 # The JS SDK's ESM build (git-ignored; `npm run build` in client_sdk/js). The dashboard's channel
@@ -73,7 +74,7 @@ async def stats(request: web.Request) -> web.Response:
             "started_at": ctx.started_at,
             "engine": ctx.engine.name,
             "draining": ctx.draining,
-            "subscribers": {t: counts.get(t, 0) for t in metrics.TRANSPORTS},
+            "subscribers": {t: counts.get(t, 0) for t in TRANSPORTS},
             "watched_channels": ctx.hub.channel_count,
             "totals": request.app[metrics.METRICS].totals(),
         }

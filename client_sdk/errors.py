@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 # 408 and 429 ask the client to come back later; 5xx are the broker's (or a proxy's) trouble.
-_RETRIABLE_4XX = frozenset({408, 425, 429})
+# The JS SDK decides the same (tests/conformance/status.json).
+_RETRIABLE_4XX = frozenset({408, 429})
 
 
 class UnbrokenError(Exception):
@@ -20,7 +21,9 @@ class UnbrokenError(Exception):
 
 
 class BrokerError(UnbrokenError):
-    """An error answer of the broker, e.g. 401 `token_expired` or 410 `channel_gone`."""
+    """An error answer of the broker, e.g. 401 `token_expired` or 410 `channel_gone`.
+
+    `code` is the broker's code, or `http_error` when the answer had no JSON error body."""
 
     def __init__(
         self,

@@ -17,6 +17,8 @@ from typing import Final, Literal
 
 import aiohttp
 
+from broker.vocabulary import TRANSPORTS as WIRE_TRANSPORTS
+from broker.vocabulary import Transport as WireTransport
 from client_sdk.backoff import Backoff
 from client_sdk.errors import (
     BrokerError,
@@ -30,8 +32,9 @@ from client_sdk.transports import AUTO_ORDER, TRANSPORTS, Target, Timing
 
 log = logging.getLogger("client_sdk")
 
-TransportName = Literal["auto", "sse", "ws", "poll", "chunked"]
-TRANSPORT_NAMES: Final[tuple[str, ...]] = ("auto", *TRANSPORTS)
+# The broker's transport names (broker.vocabulary), or `auto`: SSE, then WebSocket, then poll.
+TransportName = Literal["auto"] | WireTransport
+TRANSPORT_NAMES: Final[tuple[TransportName, ...]] = ("auto", *WIRE_TRANSPORTS)
 
 OnReconnect = Callable[[ReconnectInfo], None]
 OnGap = Callable[[GapInfo], None]
@@ -61,7 +64,9 @@ class Reader:
             raise ValueError(f"unknown transport {transport!r}; use one of {TRANSPORT_NAMES}")
         self._session = session
         self._target = target
-        self._candidates: Sequence[str] = AUTO_ORDER if transport == "auto" else (transport,)
+        self._candidates: Sequence[WireTransport] = (
+            AUTO_ORDER if transport == "auto" else (transport,)
+        )
         self._index = 0
         self._timing = timing
         # A copy: the backoff counts attempts, and one given to several readers must not mix them.
@@ -77,7 +82,7 @@ class Reader:
         self.gaps: list[GapInfo] = []
 
     @property
-    def transport(self) -> str:
+    def transport(self) -> WireTransport:
         """The transport in use (or about to be tried)."""
         return self._candidates[self._index]
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Final
 import aiohttp
 from yarl import URL
 
+from broker.vocabulary import Transport as WireTransport
 from client_sdk.errors import BrokerError, ProtocolViolation, TransportError, WatchdogTimeout
 from client_sdk.ids import is_event_id
 from client_sdk.models import Control, Event, Frame
@@ -55,7 +56,8 @@ class Timing:
 
 
 class Transport(abc.ABC):
-    name: ClassVar[str]
+    name: ClassVar[WireTransport]  # the broker's name (broker.vocabulary), reported to users
+    endpoint: ClassVar[str]  # the reader route: /v1/channels/{id}/<endpoint>
 
     @abc.abstractmethod
     def frames(
@@ -84,7 +86,7 @@ async def broker_error(resp: aiohttp.ClientResponse) -> BrokerError:
     except (ValueError, KeyError, TypeError):
         # Not the broker's answer (a proxy's HTML page, say): keep what it said, briefly.
         snippet = " ".join(text.split())[:200] or resp.reason or "no body"
-        return BrokerError(resp.status, f"http_{resp.status}", snippet, retry_after=retry_after)
+        return BrokerError(resp.status, "http_error", snippet, retry_after=retry_after)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -130,7 +132,7 @@ def _sse_frame(message: SSEMessage) -> Frame | None:
 class SSETransport(Transport):
     """`GET /events`: Server-Sent Events."""
 
-    name = "sse"
+    name: ClassVar[WireTransport] = "sse"
     endpoint = "events"
 
     async def frames(
@@ -208,6 +210,7 @@ class WebSocketTransport(Transport):
     """`GET /ws`: one JSON object per text frame."""
 
     name = "ws"
+    endpoint = "ws"
 
     async def frames(
         self,
@@ -220,7 +223,7 @@ class WebSocketTransport(Transport):
         try:
             async with asyncio.timeout(timing.first_byte_timeout):
                 ws = await session.ws_connect(
-                    target.url("ws"),
+                    target.url(self.endpoint),
                     params=params,
                     headers=target.headers,
                     autoping=True,
@@ -262,7 +265,7 @@ class WebSocketTransport(Transport):
                         return
                     if code is not None and 4000 <= code < 5000:
                         status = code - 4000
-                        raise BrokerError(status, f"http_{status}", f"ws closed with {code}")
+                        raise BrokerError(status, "http_error", f"ws closed with {code}")
                     raise TransportError(f"ws: closed with code {code}")
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     raise TransportError(f"ws: {_describe(ws.exception())}")
@@ -311,6 +314,7 @@ class PollTransport(Transport):
     """`GET /poll`: a chain of long-poll requests, each resuming where the last one ended."""
 
     name = "poll"
+    endpoint = "poll"
 
     async def frames(
         self,
@@ -331,7 +335,7 @@ class PollTransport(Transport):
             try:
                 async with asyncio.timeout(deadline):
                     async with session.get(
-                        target.url("poll"),
+                        target.url(self.endpoint),
                         params=params,
                         headers=target.headers,
                         # Our deadline governs; a caller's session may have a shorter total.
@@ -378,8 +382,8 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-TRANSPORTS: Final[Mapping[str, Transport]] = {
+TRANSPORTS: Final[Mapping[WireTransport, Transport]] = {
     transport.name: transport
     for transport in (SSETransport(), ChunkedTransport(), WebSocketTransport(), PollTransport())
 }
-AUTO_ORDER: Final = ("sse", "ws", "poll")
+AUTO_ORDER: Final[tuple[WireTransport, ...]] = ("sse", "ws", "poll")

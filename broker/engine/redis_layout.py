@@ -14,7 +14,8 @@ broker.engine.base / broker.events), so a worker process can use it with a plain
         [("message", pack(value))],  # (type, msgpack bytes); only the last may be end/error
         writer="w-1234", seq=7,    # optional idempotency key; both or neither
     )  # -> AppendResult(ids, duplicate, last_event_id)
-       # raises ChannelNotFound (expired/deleted/never created), ChannelEnded, ValueError
+       # raises ChannelNotFound (expired/deleted/never created), ChannelEnded,
+       # ChannelCancelled (a reader cancelled: stop generating), ValueError
 
 The channel's limits (idle_ttl, retention, max_messages) are stored in its meta hash when the
 broker creates it, so a writer needs no configuration beyond the Redis URL and the prefix.
@@ -23,22 +24,25 @@ See docs/redis-layout.md for the layout and redis-cli recipes.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from broker.engine.base import (
-    MAX_BATCH_EVENTS,
     AppendResult,
+    ChannelCancelled,
     ChannelEnded,
     ChannelNotFound,
     Limits,
+    check_batch,
 )
-from broker.events import TERMINAL_TYPES, EventType
+from broker.events import Event, EventType
 
 DEFAULT_PREFIX = "unbroken"
 
@@ -46,13 +50,37 @@ DEFAULT_PREFIX = "unbroken"
 DELETED_NOTICE = b"\ndeleted\n"
 
 
-def _load(name: str) -> str:
-    return Path(__file__).with_name(name).read_text(encoding="utf-8")
+@dataclass(slots=True)
+class LuaScript:
+    """A Lua script loaded once per process and run by its SHA1 (EVALSHA).
+
+    Works with any client (Redis, RedisCluster, a Sentinel-managed master): the body is sent only
+    when a server answers NOSCRIPT (a restarted or newly promoted node), not with every call.
+    """
+
+    name: str
+    body: bytes
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha = hashlib.sha1(self.body).hexdigest()
+
+    async def __call__(self, redis: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # EVAL both runs and caches it on the node that owns these keys.
+            return await redis.eval(self.body, len(keys), *keys, *args)
 
 
-APPEND_LUA = _load("append.lua")
-CREATE_LUA = _load("create.lua")
-DELETE_LUA = _load("delete.lua")
+def _load(name: str) -> LuaScript:
+    return LuaScript(name, Path(__file__).with_name(name).read_bytes())
+
+
+APPEND = _load("append.lua")
+CREATE = _load("create.lua")
+DELETE = _load("delete.lua")
+CANCEL = _load("cancel.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,29 +121,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def check_items(items: Sequence[tuple[EventType, bytes]]) -> None:
-    """Only the last item of a batch may be terminal: nothing may follow an end or error."""
-    if len(items) > MAX_BATCH_EVENTS:
-        raise ValueError(f"at most {MAX_BATCH_EVENTS} events per append, not {len(items)}")
-    for kind, _ in items[:-1]:
-        if kind in TERMINAL_TYPES:
-            raise ValueError("only the last event of a batch may be 'end' or 'error'")
-    for kind, payload in items:
-        if kind not in ("message", "end", "error"):
-            raise ValueError(f"unknown event type {kind!r}")
-        if not isinstance(payload, bytes):
-            raise ValueError("event data must be msgpack bytes")
-
-
 async def create_channel(
     redis: Redis, prefix: str, channel_id: str, limits: Limits, *, created_at: int | None = None
 ) -> bool:
     """Create an open channel with these limits; False when it already exists."""
     keys = channel_keys(prefix, channel_id)
     now = now_ms() if created_at is None else created_at
-    created = await redis.register_script(CREATE_LUA)(
-        keys=list(keys.stored),
-        args=[now, limits.idle_ttl, limits.retention, limits.max_messages],
+    created = await CREATE(
+        redis, keys.stored, [now, limits.idle_ttl, limits.retention, limits.max_messages]
     )
     if not created:
         return False
@@ -139,27 +152,34 @@ async def append_events(
     With a writer id and seq, the batch takes the seqs `seq … seq+len-1`; a batch whose seq is
     not above the writer's last stored seq is a duplicate: nothing is stored and the result has
     `duplicate=True` and the writer's last event id (even if the channel has ended since).
-    Raises ChannelNotFound, ChannelEnded, ValueError (bad batch).
+    Raises ChannelNotFound, ChannelEnded, ChannelCancelled, ValueError (bad batch).
     """
-    check_items(items)
-    dedup = writer is not None and seq is not None
-    if dedup and (seq is None or seq < 1):
-        raise ValueError("seq must be an integer >= 1")
+    check_batch(items, writer, seq)
+    return await run_append(redis, prefix, channel_id, items, writer=writer, seq=seq)
+
+
+async def run_append(
+    redis: Redis,
+    prefix: str,
+    channel_id: str,
+    items: Sequence[tuple[EventType, bytes]],
+    *,
+    writer: str | None,
+    seq: int | None,
+) -> AppendResult:
+    """append_events() for a batch already checked by check_batch() (the engine's path)."""
     keys = channel_keys(prefix, channel_id)
     args: list[str | bytes | int] = [
         keys.live,
         now_ms(),
-        writer if dedup and writer is not None else "",
-        seq if dedup and seq is not None else 0,
-        seq + len(items) - 1 if dedup and seq is not None else 0,
+        writer if writer is not None else "",
+        seq if seq is not None else 0,
+        seq + len(items) - 1 if seq is not None else 0,
     ]
     for kind, payload in items:
         args.append(kind)
         args.append(payload)
-    # Script.__call__ runs EVALSHA and loads the script on NOSCRIPT, so the body is sent once per
-    # server, not with every write.
-    script = redis.register_script(APPEND_LUA)
-    reply = await script(keys=list(keys.stored), args=args)
+    reply = await APPEND(redis, keys.stored, args)
     status = _text(reply[0])
     if status == "ok":
         last_id = _text(reply[1]) or None
@@ -170,14 +190,42 @@ async def append_events(
         return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
     if status == "not_found":
         raise ChannelNotFound(channel_id)
+    if status == "cancelled":
+        raise ChannelCancelled(channel_id)
     if status == "ended":
         raise ChannelEnded(channel_id)
     raise RuntimeError(f"append.lua answered {reply!r}")
 
 
+async def cancel_channel(
+    redis: Redis, prefix: str, channel_id: str, payload: bytes
+) -> AppendResult:
+    """Append the terminal `cancelled` event (cancel.lua): see Engine.cancel()."""
+    keys = channel_keys(prefix, channel_id)
+    reply = await CANCEL(redis, keys.stored, [keys.live, now_ms(), payload])
+    status = _text(reply[0])
+    if status == "ok":
+        event_id = _text(reply[1])
+        return AppendResult(ids=[event_id], duplicate=False, last_event_id=event_id)
+    if status == "duplicate":
+        return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
+    if status == "not_found":
+        raise ChannelNotFound(channel_id)
+    if status == "ended":
+        raise ChannelEnded(channel_id)
+    raise RuntimeError(f"cancel.lua answered {reply!r}")
+
+
 async def delete_channel(redis: Redis, prefix: str, channel_id: str) -> bool:
     """Delete a channel's keys and publish the deletion notice; False when it did not exist."""
     keys = channel_keys(prefix, channel_id)
-    deleted = await redis.register_script(DELETE_LUA)(keys=list(keys.stored), args=[keys.live])
+    deleted = await DELETE(redis, keys.stored, [keys.live])
     await redis.zrem(index_key(prefix), channel_id)
     return bool(deleted)
+
+
+def entry_event(entry_id: Any, fields: dict[Any, Any]) -> Event:
+    """The event of one stream entry (as XRANGE returns it)."""
+    kind = fields.get(b"type", fields.get("type", b"message"))
+    data = fields.get(b"data", fields.get("data", b"\xc0"))
+    return Event(_text(entry_id), cast(EventType, _text(kind)), data)

@@ -39,10 +39,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await socket.close(code=1000, message=b"ended")
             return socket
         # The client's frames must be read for close handshakes to complete; a closed socket
-        # also ends the relay at once instead of at the next heartbeat.
+        # also ends the forwarding at once instead of at the next heartbeat.
         listener = asyncio.create_task(_listen(socket, reading))
         try:
-            await _relay(reading, socket)
+            await _forward(reading, socket)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -84,7 +84,7 @@ async def _listen(socket: web.WebSocketResponse, reading: Reading) -> None:
     reading.subscriber.close("client_closed")
 
 
-async def _relay(reading: Reading, socket: web.WebSocketResponse) -> None:
+async def _forward(reading: Reading, socket: web.WebSocketResponse) -> None:
     heartbeat = reading.ctx.settings.heartbeat
     if reading.gap is not None:
         await socket.send_str(dumps({"type": "gap", "first_id": reading.gap}))
