@@ -257,7 +257,7 @@ async def test_bad_input_gets_documented_errors_and_loses_nothing(broker: Broker
     status, body = await get(
         f"/v1/channels/{channel_id}/events?token={read_token}&last_event_id=banana"
     )
-    assert (status, body["error"]["code"]) == (400, "invalid_last_event_id")
+    assert (status, body["error"]["code"]) == (400, "bad_last_event_id")
     status, body = await get(f"/v1/channels/{channel_id}/poll?token={read_token}&timeout=999")
     assert (status, body["error"]["code"]) == (400, "invalid_timeout")
     status, body = await get(f"/v1/channels/unknown/events?token={read_token}")
