@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import multiprocessing
@@ -14,11 +15,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from aiohttp import web
-
 from broker.app import create_app
 from broker.config import SECRET_FILE_SETTINGS, Settings, read_secret_file, settings_from_env
 from broker.logs import configure_logging
+from broker.server import connection_cap, raise_fd_limit, runner_for, serve_until_signalled
 
 log = logging.getLogger("unbroken")
 
@@ -66,6 +66,15 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--retention", type=int, help="seconds an ended channel stays readable")
     serve.add_argument("--max-messages", type=int, help="events kept per channel")
     serve.add_argument("--max-message-bytes", type=int, help="largest message, as JSON")
+    serve.add_argument(
+        "--header-timeout", type=float, help="seconds a request head may take to arrive (10)"
+    )
+    serve.add_argument(
+        "--keepalive-timeout", type=float, help="seconds an idle keep-alive connection lives (75)"
+    )
+    serve.add_argument(
+        "--max-connections", type=int, help="open connections; 0: as the open-files limit allows"
+    )
     serve.add_argument("--workers", type=int, help="processes sharing the port (redis engine)")
     serve.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     serve.add_argument("--log-level", help="debug | info | warning | error")
@@ -118,6 +127,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "retention",
             "max_messages",
             "max_message_bytes",
+            "header_timeout",
+            "keepalive_timeout",
+            "max_connections",
             "workers",
             "log_json",
             "log_level",
@@ -150,16 +162,15 @@ def _run_process(settings: Settings, sock: socket.socket | None) -> None:
         settings.engine,
         os.getpid(),
     )
-    web.run_app(
+    fd_limit = raise_fd_limit()
+    runner = runner_for(
         app,
-        sock=sock,
-        host=None if sock else settings.host,
-        port=None if sock else settings.port,
-        handler_cancellation=True,
+        header_timeout=settings.header_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_connections=connection_cap(settings.max_connections, fd_limit),
         shutdown_timeout=settings.shutdown_timeout,
-        print=None,
-        access_log=None,
     )
+    asyncio.run(serve_until_signalled(runner, host=settings.host, port=settings.port, sock=sock))
 
 
 def _reuse_port_socket(settings: Settings) -> socket.socket:
