@@ -19,6 +19,7 @@ from aiohttp import web
 from broker.app import create_app
 from broker.config import SECRET_FILE_SETTINGS, Settings, read_secret_file, settings_from_env
 from broker.logs import configure_logging
+from broker.urls import broker_url
 
 log = logging.getLogger("unbroken")
 
@@ -210,7 +211,11 @@ def _worker_main(settings: Settings) -> None:
 
 
 def _admin_get(broker: str, path: str, token: str) -> Any:
-    request = urllib.request.Request(broker.rstrip("/") + path)
+    try:
+        base = broker_url(broker)  # `localhost:8080` means http://localhost:8080
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc} (--broker or UNBROKEN_URL)") from None
+    request = urllib.request.Request(base + path)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
