@@ -12,7 +12,7 @@ from aiohttp import web
 from broker import metrics
 from broker.auth import authorize_admin, authorize_channel, authorize_open
 from broker.context import BrokerContext, context_of
-from broker.engine.base import ChannelInfo
+from broker.engine.base import MAX_CANCEL_REASON, ChannelInfo
 from broker.errors import ApiError
 from broker.events import EventType, dumps, pack
 from broker.vocabulary import TRANSPORTS
@@ -250,6 +250,26 @@ async def error_channel(request: web.Request) -> web.Response:
     data = body.get("data", {"message": "The backend reported an error."})
     payload = _encode(ctx, data, request.content_length or 0)
     return await _append(request, [("error", payload)], body)
+
+
+async def cancel_channel(request: web.Request) -> web.Response:
+    """Stop generation: any reader may cancel (the read token suffices), so may the writer."""
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "read")
+    body = await json_body(request, required=False)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_CANCEL_REASON):
+        raise ApiError(
+            400,
+            "invalid_reason",
+            f"reason must be a string of at most {MAX_CANCEL_REASON} characters, or absent.",
+        )
+    result = await ctx.engine.cancel(channel_id, reason)
+    return web.json_response(
+        {"ids": result.ids, "duplicate": result.duplicate, "last_event_id": result.last_event_id},
+        status=200 if result.duplicate else 201,
+    )
 
 
 async def inspect_channel(request: web.Request) -> web.Response:

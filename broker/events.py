@@ -12,8 +12,11 @@ from typing import Any, Final, Literal
 
 import msgpack
 
-EventType = Literal["message", "end", "error"]
-TERMINAL_TYPES: Final = frozenset({"end", "error"})
+from broker.vocabulary import TERMINAL_EVENT_TYPES
+
+# `cancelled` is appended only by a cancel (a reader pressed Stop), never by a writer.
+EventType = Literal["message", "end", "error", "cancelled"]
+TERMINAL_TYPES: Final = frozenset(TERMINAL_EVENT_TYPES)
 
 _EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 
@@ -24,6 +27,12 @@ def parse_event_id(value: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(f"not an event id: {value!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def id_before(event_id: str) -> str:
+    """The greatest possible id below `event_id`: reading after it starts at `event_id`."""
+    ms, seq = parse_event_id(event_id)
+    return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{2**64 - 1}"
 
 
 def pack(value: Any) -> bytes:
