@@ -38,7 +38,7 @@ def resume_position(request: web.Request) -> str | None:
     except ValueError as exc:
         raise ApiError(
             400,
-            "invalid_last_event_id",
+            "bad_last_event_id",
             f"{value!r} is not an event id; send back an id the broker gave you, or none.",
         ) from exc
     return value
