@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.engine.base import ChannelEnded, ChannelExists, ChannelNotFound
+from broker.engine.base import ChannelCancelled, ChannelEnded, ChannelExists, ChannelNotFound
 from broker.tokens import TokenError
 
 log = logging.getLogger("unbroken.http")
@@ -101,6 +101,12 @@ def as_api_error(exc: BaseException, channel_id: str | None = None) -> ApiError 
     if isinstance(exc, ChannelNotFound):
         return ApiError(
             410, "channel_gone", f"Channel {channel_id or exc} has expired or was deleted."
+        )
+    if isinstance(exc, ChannelCancelled):
+        return ApiError(
+            409,
+            "channel_cancelled",
+            f"Channel {channel_id or exc} was cancelled by a reader; stop writing to it.",
         )
     if isinstance(exc, ChannelEnded):
         return ApiError(

@@ -72,13 +72,19 @@ class Subscriber:
         "last_key",
         "max_pending",
         "pending",
+        "terminal_only",
         "transport",
     )
 
-    def __init__(self, channel_id: str, transport: str, max_pending: int) -> None:
+    def __init__(
+        self, channel_id: str, transport: str, max_pending: int, *, terminal_only: bool = False
+    ) -> None:
         self.channel_id = channel_id
         self.transport = transport
         self.max_pending = max_pending
+        # A writer waiting for the channel's end (`?only=terminal`): it gets terminal events
+        # only, so messages are dropped here, before the direct-write path and the queue.
+        self.terminal_only = terminal_only
         self.last_key: tuple[int, int] = (-1, -1)  # newest id handed to this reader
         self.pending = 0  # bytes queued, measured on the SSE encoding
         self.closed: ReconnectReason | None = None
@@ -94,6 +100,10 @@ class Subscriber:
     def push(self, events: Sequence[Event]) -> None:
         if self.closed is not None:
             return
+        if self.terminal_only:
+            events = [event for event in events if event.terminal]
+            if not events:
+                return
         waiter = self._waiter
         if waiter is not None and not waiter.done() and self._write is not None and not self._queue:
             if self._write_direct(events):
@@ -224,9 +234,13 @@ class Hub:
             self.delivered += len(events) * len(subscribers)
             self.relayed.update(event.type for event in events)
 
-    async def subscribe(self, channel_id: str, transport: str) -> Subscriber:
+    async def subscribe(
+        self, channel_id: str, transport: str, *, terminal_only: bool = False
+    ) -> Subscriber:
         """Register a reader. Events appended after this returns reach its queue."""
-        subscriber = Subscriber(channel_id, transport, self.max_pending)
+        subscriber = Subscriber(
+            channel_id, transport, self.max_pending, terminal_only=terminal_only
+        )
         subscribers = self._channels.get(channel_id)
         if subscribers is None:
             # A channel is in _channels only once the engine confirmed it is watched; watch and

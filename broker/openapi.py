@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.vocabulary import CHANNEL_STATES, TRANSPORTS
+from broker.vocabulary import CHANNEL_STATES, TERMINAL_EVENT_TYPES, TRANSPORTS
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -78,7 +78,13 @@ SCHEMAS: dict[str, Schema] = {
         {"expires_in": {"type": "integer", "description": "seconds until expiry, -1 unknown"}},
     ),
     "ChannelList": _obj({"channels": {"type": "array", "items": _ref("ChannelStatus")}}),
-    "Event": _obj({"id": EVENT_ID, "type": {"enum": ["message", "end", "error"]}, "data": ANY}),
+    "Event": _obj(
+        {"id": EVENT_ID, "type": {"enum": ["message", *TERMINAL_EVENT_TYPES]}, "data": ANY}
+    ),
+    "CancelBody": {
+        "type": "object",
+        "properties": {"reason": {"type": ["string", "null"], "maxLength": 200}},
+    },
     "Inspection": {
         "allOf": [
             _ref("ChannelStatus"),
@@ -164,10 +170,12 @@ ADMIN_ERRORS = ((401, "token_missing"), (403, "admin_token_invalid"), (403, "adm
 WRITE_ERRORS = (
     *TOKEN_ERRORS, (403, "token_wrong_scope"), (400, "invalid_json"), (400, "invalid_body"),
     (400, "invalid_writer"), (400, "invalid_seq"), (400, "invalid_idempotency_key"),
-    (409, "channel_ended"), (410, "channel_gone"), (413, "message_too_large"),
+    (400, "too_many_messages"),
+    (409, "channel_ended"), (409, "channel_cancelled"), (410, "channel_gone"),
+    (413, "message_too_large"),
 )
 READ_ERRORS = (
-    *TOKEN_ERRORS, (400, "invalid_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
+    *TOKEN_ERRORS, (400, "bad_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
 )
 
 CHANNEL_ID = {
@@ -188,6 +196,14 @@ MAX_DURATION = {
     "schema": {"type": "number", "minimum": 1, "maximum": 86400},
     "description": "Close after this many seconds, with a `reconnect` event first.",
 }
+ONLY = {
+    "name": "only",
+    "in": "query",
+    "required": False,
+    "schema": {"enum": ["terminal"]},
+    "description": "`terminal`: only end/error/cancelled and heartbeats, from the channel's "
+    "current end (no replay): how a writer learns of a cancel over HTTP.",
+}
 IDEMPOTENCY = [
     {"name": "Idempotency-Key", "in": "header", "required": False, "schema": STRING},
     {"name": "Unbroken-Writer", "in": "header", "required": False, "schema": STRING},
@@ -198,12 +214,14 @@ CHANNEL_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}]
 ADMIN_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}, {}]
 
 
-def _stream(summary: str, description: str) -> dict[str, Any]:
+def _stream(
+    summary: str, description: str, *extra: Schema, errors: tuple[tuple[int, str], ...] = ()
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "description": description,
         "security": CHANNEL_AUTH,
-        "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME, MAX_DURATION],
+        "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME, MAX_DURATION, *extra],
         "responses": {
             "200": {
                 "description": "Events in SSE framing: `id`/`event`/`data` lines, `: hb` "
@@ -211,7 +229,7 @@ def _stream(summary: str, description: str) -> dict[str, Any]:
                 "content": {SSE: {"schema": STRING}},
             },
             "204": {"description": "The channel ended and nothing follows the reader's position."},
-            **_errors(*READ_ERRORS, (400, "invalid_max_duration")),
+            **_errors(*READ_ERRORS, (400, "invalid_max_duration"), *errors),
         },
     }
 
@@ -341,8 +359,37 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/channels/{channel_id}/error": {
         "post": _write("End the channel with an error", "Appends the terminal `error` event."),
     },
+    "/v1/channels/{channel_id}/cancel": {
+        "post": {
+            "summary": "Cancel the channel (stop generation)",
+            "description": "Appends the terminal `cancelled` event with data `{\"reason\": …}` "
+            "and makes the state `cancelled`; writes then get 409 `channel_cancelled`. The read "
+            "token suffices (a Stop button); the write token or the admin token work too.",
+            "security": CHANNEL_AUTH,
+            "parameters": [CHANNEL_ID, TOKEN_QUERY],
+            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("CancelBody")}}},
+            "responses": {
+                "201": _json("Cancelled.", _ref("WriteResult")),
+                "200": _json("Already cancelled: nothing stored (`duplicate: true`).",
+                             _ref("WriteResult")),
+                **_errors(
+                    *TOKEN_ERRORS,
+                    (400, "invalid_json"),
+                    (400, "invalid_body"),
+                    (400, "invalid_reason"),
+                    (409, "channel_ended"),
+                    (410, "channel_gone"),
+                ),
+            },
+        },
+    },
     "/v1/channels/{channel_id}/events": {
-        "get": _stream("Read as Server-Sent Events", "For EventSource and SSE clients."),
+        "get": _stream(
+            "Read as Server-Sent Events",
+            "For EventSource and SSE clients.",
+            ONLY,
+            errors=((400, "invalid_only"),),
+        ),
     },
     "/v1/channels/{channel_id}/stream": {
         "get": _stream("Read as chunked HTTP", "SSE framing, default `max_duration` 50 s."),

@@ -42,7 +42,14 @@ def max_duration(request: web.Request, default: float | None) -> float | None:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, "sse", max_duration(request, None))
+    # `?only=terminal`: the writer's way to hear of a cancel over HTTP (end/error/cancelled and
+    # heartbeats only, from the channel's current end).
+    only = request.query.get("only")
+    if only not in (None, "terminal"):
+        raise ApiError(400, "invalid_only", "only accepts one value: 'terminal'.")
+    return await _serve(
+        request, "sse", max_duration(request, None), terminal_only=only == "terminal"
+    )
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -50,10 +57,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(
-    request: web.Request, transport: str, duration: float | None
+    request: web.Request, transport: str, duration: float | None, *, terminal_only: bool = False
 ) -> web.StreamResponse:
     ctx, channel_id, after = authorize_reader(request)
-    reading = await start_reading(ctx, channel_id, after, transport)
+    reading = await start_reading(ctx, channel_id, after, transport, terminal_only=terminal_only)
     try:
         if reading.nothing_left:
             return web.Response(status=204)
