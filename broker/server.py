@@ -17,6 +17,7 @@ import re
 import resource
 import signal
 import socket
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from broker.errors import error_body
 log = logging.getLogger("unbroken.http")
 
 FD_RESERVE = 64  # descriptors kept for Redis connections, log files and the listening sockets
+REFUSAL_LINGER = 0.5  # seconds a refused connection is drained before it is closed
 
 
 def raise_fd_limit() -> int:
@@ -156,6 +158,7 @@ class BrokerRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._broker_server = manager
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._refused: asyncio.TimerHandle | None = None
         self._heads_seen = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,13 +169,19 @@ class BrokerRequestHandler(RequestHandler):
             server.note_refusal()
             stream = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport
             stream.write(_AT_CAPACITY)
-            stream.close()
+            if stream.can_write_eof():
+                stream.write_eof()
+            # Closing with the client's request unread would reset the connection and could
+            # destroy the answer in flight: read (and drop) what comes for a moment, then close.
+            self._refused = self._loop.call_later(REFUSAL_LINGER, stream.close)
             return
         super().connection_made(transport)
         self._arm_head_deadline()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_head_deadline()
+        if self._refused is not None:
+            self._refused.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -296,7 +305,7 @@ def runner_for(
 
 
 async def serve_until_signalled(
-    runner: BrokerRunner, *, host: str, port: int, sock: socket.socket | None
+    runner: BrokerRunner, sock: socket.socket, *, on_listening: Callable[[], None]
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (the app drains its readers)."""
     stop = asyncio.Event()
@@ -305,10 +314,8 @@ async def serve_until_signalled(
         loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     try:
-        site: web.BaseSite = (
-            web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
-        )
-        await site.start()
+        await web.SockSite(runner, sock).start()
+        on_listening()
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -127,9 +127,13 @@ async def test_workers_share_the_port_with_so_reuseport(
     with broker_process(redis_url, prefix, "--workers", "2") as url:
         await wait_healthy(session, url)
         pids: set[int] = set()
-        for _ in range(40):  # the kernel spreads new connections over both processes
+        # The kernel spreads new connections over both processes; the second may still be
+        # starting when the first answers, so ask until both did (bounded).
+        for _ in range(400):
             async with aiohttp.ClientSession() as fresh, fresh.get(f"{url}/healthz") as response:
                 pids.add((await response.json())["pid"])
+            if len(pids) == 2:
+                break
         assert len(pids) == 2
         opened_on_any = []
         for _ in range(10):
