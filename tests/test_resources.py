@@ -151,7 +151,7 @@ async def test_idle_and_slow_connections_are_closed_but_readers_are_not() -> Non
                 idle = [await asyncio.open_connection("127.0.0.1", broker.port) for _ in range(40)]
                 slow = [asyncio.create_task(slowloris(broker.port, 10)) for _ in range(20)]
                 answers = await asyncio.gather(*(closed_within(r, 5) for r, _ in idle))
-                assert all(b" 408 " in answer and b"request_timeout" in answer for answer in answers)
+                assert all(b" 408 " in a and b"request_timeout" in a for a in answers)
                 assert max(await asyncio.gather(*slow)) < 4
                 for _, writer in idle:
                     writer.close()
