@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import multiprocessing
@@ -143,6 +144,7 @@ def _run_process(settings: Settings, sock: socket.socket | None) -> None:
     except ImportError:  # uvloop is optional on platforms without it
         pass
     app = create_app(settings)
+    app.on_startup.append(_tune_gc)
     log.info(
         "unbroken broker on http://%s:%s (engine %s, pid %s)",
         settings.host,
@@ -160,6 +162,15 @@ def _run_process(settings: Settings, sock: socket.socket | None) -> None:
         print=None,
         access_log=None,
     )
+
+
+async def _tune_gc(app: web.Application) -> None:
+    """Once started: what exists now (modules, app, engine) lives as long as the process, so it
+    leaves the collector's view, and collections run less often. With thousands of readers
+    the default thresholds meant full collections of 80-270 ms pausing every stream."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 100)
 
 
 def _reuse_port_socket(settings: Settings) -> socket.socket:

@@ -46,7 +46,15 @@ class Event:
     """One stored event, with lazily built and cached wire encodings."""
 
     __slots__ = (
-        "_data_json", "_sse", "_sse_chunk", "_ws", "_ws_frame", "id", "key", "payload", "type",
+        "_data_json",
+        "_sse",
+        "_sse_chunk",
+        "_ws",
+        "_ws_frame",
+        "id",
+        "key",
+        "payload",
+        "type",
     )
 
     def __init__(self, id: str, type: EventType, payload: bytes) -> None:
