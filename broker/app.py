@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from broker import api, ops
+from broker import api, health, ops
 from broker.config import Settings
 from broker.context import CONTEXT, BrokerContext, OpenRateLimiter
 from broker.engine.base import Engine
@@ -26,6 +26,7 @@ CORS_HEADERS = {
         "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, Unbroken-Writer, Unbroken-Seq"
     ),
     "Access-Control-Max-Age": "86400",
+    "Access-Control-Expose-Headers": "Unbroken-Heartbeat",
 }
 # Cross-origin access is for the public channel API only. Admin data (listing, inspect, stats,
 # metrics, read-token minting) gets no CORS headers and no preflight, so a web page the operator
@@ -129,7 +130,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app.on_response_prepare.append(_add_cors)
     app.router.add_routes(
         [
-            web.get("/healthz", api.healthz),
             web.post("/v1/channels", api.open_channel),
             web.get("/v1/channels", api.list_channels),
             web.get("/v1/channels/{channel_id}", api.channel_status),
@@ -138,11 +138,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.post("/v1/channels/{channel_id}/messages", api.write_messages),
             web.post("/v1/channels/{channel_id}/end", api.end_channel),
             web.post("/v1/channels/{channel_id}/error", api.error_channel),
+            web.post("/v1/channels/{channel_id}/cancel", api.cancel_channel),
             web.get("/v1/channels/{channel_id}/events", sse.events, allow_head=False),
             web.get("/v1/channels/{channel_id}/stream", sse.stream, allow_head=False),
             web.get("/v1/channels/{channel_id}/ws", ws.websocket, allow_head=False),
             web.get("/v1/channels/{channel_id}/poll", poll.poll, allow_head=False),
         ]
     )
+    health.setup(app, engine)  # /healthz, /readyz
     ops.setup(app)  # /metrics, /openapi.json, /dashboard, admin stats; counts HTTP errors
     return app

@@ -86,13 +86,19 @@ class Subscriber:
         "last_key",
         "max_pending",
         "pending",
+        "terminal_only",
         "transport",
     )
 
-    def __init__(self, channel_id: str, transport: str, max_pending: int) -> None:
+    def __init__(
+        self, channel_id: str, transport: str, max_pending: int, *, terminal_only: bool = False
+    ) -> None:
         self.channel_id = channel_id
         self.transport = transport
         self.max_pending = max_pending
+        # A writer waiting for the channel's end (`?only=terminal`): it gets terminal events
+        # only, so messages are dropped here, before the direct-write path and the queue.
+        self.terminal_only = terminal_only
         self.last_key: tuple[int, int] = (-1, -1)  # newest id handed to this reader
         self.pending = 0  # bytes queued, measured on the SSE encoding
         self.closed: ReconnectReason | None = None
@@ -115,6 +121,10 @@ class Subscriber:
         """Queue events for the handler (the hub writes parked readers' events itself)."""
         if self.closed is not None:
             return
+        if self.terminal_only:
+            events = [event for event in events if event.terminal]
+            if not events:
+                return
         for event in events:
             self._queue.append(event)
             self.pending += len(event.sse)
@@ -237,6 +247,7 @@ class Hub:
                 or waiter is None
                 or waiter.done()
                 or subscriber._queue
+                or subscriber.terminal_only
                 or first_key <= subscriber.last_key  # only after a replay overlap: rare
             ):
                 subscriber.push(events)
@@ -258,9 +269,13 @@ class Hub:
             if subscriber.closed == "slow_consumer":
                 self.slow_consumers += 1
 
-    async def subscribe(self, channel_id: str, transport: str) -> Subscriber:
+    async def subscribe(
+        self, channel_id: str, transport: str, *, terminal_only: bool = False
+    ) -> Subscriber:
         """Register a reader. Events appended after this returns reach its queue."""
-        subscriber = Subscriber(channel_id, transport, self.max_pending)
+        subscriber = Subscriber(
+            channel_id, transport, self.max_pending, terminal_only=terminal_only
+        )
         subscribers = self._channels.get(channel_id)
         if subscribers is None:
             # A channel is in _channels only once the engine confirmed it is watched; watch and

@@ -152,12 +152,12 @@ class _StateCollector(Collector):
         relayed = CounterMetricFamily(
             "unbroken_events_relayed",
             "Events the engine delivered for channels with readers here, counted once whoever "
-            "wrote them (HTTP API or a worker writing to Redis), by type; end + error = channels "
-            "seen ending.",
+            "wrote them (HTTP API or a worker writing to Redis), by type; end + error + cancelled "
+            "= channels seen ending.",
             labels=["type"],
         )
         relayed_counts = getattr(hub, "relayed", {})
-        for event_type in ("message", "end", "error"):
+        for event_type in ("message", "end", "error", "cancelled"):
             relayed.add_metric([event_type], relayed_counts.get(event_type, 0))
         yield relayed
         yield CounterMetricFamily(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.vocabulary import CHANNEL_STATES, TRANSPORTS
+from broker.vocabulary import CHANNEL_STATES, TERMINAL_EVENT_TYPES, TRANSPORTS
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -44,7 +44,12 @@ SCHEMAS: dict[str, Schema] = {
         {"error": _obj({"code": STRING, "message": STRING})},
     ),
     "Health": _obj(
-        {"status": {"enum": ["ok", "draining"]}, "engine": {"enum": ["memory", "redis"]}}
+        {
+            "status": {"enum": ["ok", "degraded", "draining"]},
+            "engine": {"enum": ["memory", "redis"]},
+            "engine_ok": BOOL,
+        },
+        {"pid": INT},
     ),
     "ChannelToken": _obj(
         {"unbroken": {"const": 1}, "broker": STRING, "channel": STRING, "token": STRING}
@@ -73,7 +78,13 @@ SCHEMAS: dict[str, Schema] = {
         {"expires_in": {"type": "integer", "description": "seconds until expiry, -1 unknown"}},
     ),
     "ChannelList": _obj({"channels": {"type": "array", "items": _ref("ChannelStatus")}}),
-    "Event": _obj({"id": EVENT_ID, "type": {"enum": ["message", "end", "error"]}, "data": ANY}),
+    "Event": _obj(
+        {"id": EVENT_ID, "type": {"enum": ["message", *TERMINAL_EVENT_TYPES]}, "data": ANY}
+    ),
+    "CancelBody": {
+        "type": "object",
+        "properties": {"reason": {"type": ["string", "null"], "maxLength": 200}},
+    },
     "Inspection": {
         "allOf": [
             _ref("ChannelStatus"),
@@ -91,11 +102,8 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "WriteResult": _obj(
-        {
-            "ids": {"type": "array", "items": EVENT_ID},
-            "duplicate": BOOL,
-            "last_event_id": NULLABLE_STRING,
-        }
+        {"ids": {"type": "array", "items": EVENT_ID}, "duplicate": BOOL,
+         "last_event_id": NULLABLE_STRING}
     ),
     "PollResult": _obj(
         {
@@ -155,60 +163,46 @@ def _json(description: str, schema: Schema) -> dict[str, Any]:
 
 
 TOKEN_ERRORS = (
-    (401, "token_missing"),
-    (401, "token_invalid"),
-    (401, "token_expired"),
+    (401, "token_missing"), (401, "token_invalid"), (401, "token_expired"),
     (403, "token_wrong_channel"),
 )
 ADMIN_ERRORS = ((401, "token_missing"), (403, "admin_token_invalid"), (403, "admin_disabled"))
 WRITE_ERRORS = (
-    *TOKEN_ERRORS,
-    (403, "token_wrong_scope"),
-    (400, "invalid_json"),
-    (400, "invalid_body"),
-    (400, "invalid_writer"),
-    (400, "invalid_seq"),
-    (400, "invalid_idempotency_key"),
-    (409, "channel_ended"),
-    (410, "channel_gone"),
+    *TOKEN_ERRORS, (403, "token_wrong_scope"), (400, "invalid_json"), (400, "invalid_body"),
+    (400, "invalid_writer"), (400, "invalid_seq"), (400, "invalid_idempotency_key"),
+    (400, "too_many_messages"),
+    (409, "channel_ended"), (409, "channel_cancelled"), (410, "channel_gone"),
     (413, "message_too_large"),
 )
 READ_ERRORS = (
-    *TOKEN_ERRORS,
-    (400, "invalid_last_event_id"),
-    (410, "channel_gone"),
-    (503, "shutting_down"),
+    *TOKEN_ERRORS, (400, "bad_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
 )
 
 CHANNEL_ID = {
-    "name": "channel_id",
-    "in": "path",
-    "required": True,
+    "name": "channel_id", "in": "path", "required": True,
     "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
 }
 TOKEN_QUERY = {
-    "name": "token",
-    "in": "query",
-    "required": False,
-    "schema": STRING,
+    "name": "token", "in": "query", "required": False, "schema": STRING,
     "description": "The token, where an Authorization header cannot be sent.",
 }
 RESUME = [
-    {
-        "name": "last_event_id",
-        "in": "query",
-        "required": False,
-        "schema": EVENT_ID,
-        "description": "Resume after this id (wins over the header).",
-    },
+    {"name": "last_event_id", "in": "query", "required": False, "schema": EVENT_ID,
+     "description": "Resume after this id (wins over the header)."},
     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": EVENT_ID},
 ]
 MAX_DURATION = {
-    "name": "max_duration",
-    "in": "query",
-    "required": False,
+    "name": "max_duration", "in": "query", "required": False,
     "schema": {"type": "number", "minimum": 1, "maximum": 86400},
     "description": "Close after this many seconds, with a `reconnect` event first.",
+}
+ONLY = {
+    "name": "only",
+    "in": "query",
+    "required": False,
+    "schema": {"enum": ["terminal"]},
+    "description": "`terminal`: only end/error/cancelled and heartbeats, from the channel's "
+    "current end (no replay): how a writer learns of a cancel over HTTP.",
 }
 IDEMPOTENCY = [
     {"name": "Idempotency-Key", "in": "header", "required": False, "schema": STRING},
@@ -220,12 +214,14 @@ CHANNEL_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}]
 ADMIN_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}, {}]
 
 
-def _stream(summary: str, description: str) -> dict[str, Any]:
+def _stream(
+    summary: str, description: str, *extra: Schema, errors: tuple[tuple[int, str], ...] = ()
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "description": description,
         "security": CHANNEL_AUTH,
-        "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME, MAX_DURATION],
+        "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME, MAX_DURATION, *extra],
         "responses": {
             "200": {
                 "description": "Events in SSE framing: `id`/`event`/`data` lines, `: hb` "
@@ -233,7 +229,7 @@ def _stream(summary: str, description: str) -> dict[str, Any]:
                 "content": {SSE: {"schema": STRING}},
             },
             "204": {"description": "The channel ended and nothing follows the reader's position."},
-            **_errors(*READ_ERRORS, (400, "invalid_max_duration")),
+            **_errors(*READ_ERRORS, (400, "invalid_max_duration"), *errors),
         },
     }
 
@@ -244,15 +240,12 @@ def _write(summary: str, description: str) -> dict[str, Any]:
         "description": description,
         "security": CHANNEL_AUTH,
         "parameters": [CHANNEL_ID, TOKEN_QUERY, *IDEMPOTENCY],
-        "requestBody": {
-            "required": summary.startswith("Append message"),
-            "content": {JSON: {"schema": _ref("WriteBody")}},
-        },
+        "requestBody": {"required": summary.startswith("Append message"),
+                        "content": {JSON: {"schema": _ref("WriteBody")}}},
         "responses": {
             "201": _json("Stored.", _ref("WriteResult")),
-            "200": _json(
-                "A retried request: nothing stored (`duplicate: true`).", _ref("WriteResult")
-            ),
+            "200": _json("A retried request: nothing stored (`duplicate: true`).",
+                         _ref("WriteResult")),
             **_errors(*WRITE_ERRORS),
         },
     }
@@ -265,10 +258,8 @@ def _file(summary: str, param: str | None) -> dict[str, Any]:
         "security": [],
         "parameters": parameters if param else [],
         "responses": {
-            "200": {
-                "description": "The file.",
-                "content": {"text/html": {}, "text/javascript": {}, "text/css": {}},
-            },
+            "200": {"description": "The file.", "content": {"text/html": {}, "text/javascript": {},
+                                                             "text/css": {}}},
             **_errors((404, "not_found")),
         },
     }
@@ -280,8 +271,23 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Liveness and engine",
             "security": [],
             "responses": {
-                "200": _json("Serving.", _ref("Health")),
+                "200": _json(
+                    "Serving; `engine_ok` false (`status: degraded`) while the engine's "
+                    "storage is unreachable.",
+                    _ref("Health"),
+                ),
                 "503": _json("Draining for shutdown (`status: draining`).", _ref("Health")),
+            },
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: serving and the engine's storage reachable",
+            "description": "The engine is probed with one PING (0.5 s timeout), cached for 1 s.",
+            "security": [],
+            "responses": {
+                "200": _json("Ready for traffic.", _ref("Health")),
+                "503": _json("Draining, or the engine is unreachable.", _ref("Health")),
             },
         }
     },
@@ -295,27 +301,15 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": [{"bearer": []}, {}],
             "requestBody": {
                 "required": False,
-                "content": {
-                    JSON: {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"}
-                            },
-                        }
-                    }
-                },
+                "content": {JSON: {"schema": {"type": "object", "properties": {
+                    "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"}}}}},
             },
             "responses": {
                 "201": _json("The channel, its tokens and URLs.", _ref("Opened")),
                 **_errors(
-                    (400, "invalid_name"),
-                    (400, "invalid_json"),
-                    (400, "invalid_body"),
-                    (401, "app_key_required"),
-                    (403, "app_key_invalid"),
-                    (409, "channel_exists"),
-                    (429, "rate_limited"),
+                    (400, "invalid_name"), (400, "invalid_json"), (400, "invalid_body"),
+                    (401, "app_key_required"), (403, "app_key_invalid"),
+                    (409, "channel_exists"), (429, "rate_limited"),
                     (503, "too_many_channels"),
                 ),
             },
@@ -325,12 +319,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": ADMIN_AUTH,
             "parameters": [
                 TOKEN_QUERY,
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
-                },
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
             ],
             "responses": {
                 "200": _json("Newest first.", _ref("ChannelList")),
@@ -344,9 +334,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": CHANNEL_AUTH,
             "parameters": [CHANNEL_ID, TOKEN_QUERY],
             "responses": {
-                "200": _json(
-                    "State, counts and this process's subscribers.", _ref("ChannelStatus")
-                ),
+                "200": _json("State, counts and this process's subscribers.",
+                             _ref("ChannelStatus")),
                 **_errors(*TOKEN_ERRORS, (404, "channel_not_found"), (410, "channel_gone")),
             },
         },
@@ -356,17 +345,13 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [CHANNEL_ID, TOKEN_QUERY],
             "responses": {
                 "204": {"description": "Deleted; its readers are disconnected."},
-                **_errors(
-                    *TOKEN_ERRORS,
-                    (403, "token_wrong_scope"),
-                    (404, "channel_not_found"),
-                    (410, "channel_gone"),
-                ),
+                **_errors(*TOKEN_ERRORS, (403, "token_wrong_scope"), (404, "channel_not_found"),
+                          (410, "channel_gone")),
             },
         },
     },
     "/v1/channels/{channel_id}/messages": {
-        "post": _write("Append messages", '`{"data": …}` or `{"messages": […]}`.'),
+        "post": _write("Append messages", "`{\"data\": …}` or `{\"messages\": […]}`."),
     },
     "/v1/channels/{channel_id}/end": {
         "post": _write("End the channel", "Appends the terminal `end` event, with optional data."),
@@ -374,8 +359,37 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/channels/{channel_id}/error": {
         "post": _write("End the channel with an error", "Appends the terminal `error` event."),
     },
+    "/v1/channels/{channel_id}/cancel": {
+        "post": {
+            "summary": "Cancel the channel (stop generation)",
+            "description": "Appends the terminal `cancelled` event with data `{\"reason\": …}` "
+            "and makes the state `cancelled`; writes then get 409 `channel_cancelled`. The read "
+            "token suffices (a Stop button); the write token or the admin token work too.",
+            "security": CHANNEL_AUTH,
+            "parameters": [CHANNEL_ID, TOKEN_QUERY],
+            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("CancelBody")}}},
+            "responses": {
+                "201": _json("Cancelled.", _ref("WriteResult")),
+                "200": _json("Already cancelled: nothing stored (`duplicate: true`).",
+                             _ref("WriteResult")),
+                **_errors(
+                    *TOKEN_ERRORS,
+                    (400, "invalid_json"),
+                    (400, "invalid_body"),
+                    (400, "invalid_reason"),
+                    (409, "channel_ended"),
+                    (410, "channel_gone"),
+                ),
+            },
+        },
+    },
     "/v1/channels/{channel_id}/events": {
-        "get": _stream("Read as Server-Sent Events", "For EventSource and SSE clients."),
+        "get": _stream(
+            "Read as Server-Sent Events",
+            "For EventSource and SSE clients.",
+            ONLY,
+            errors=((400, "invalid_only"),),
+        ),
     },
     "/v1/channels/{channel_id}/stream": {
         "get": _stream("Read as chunked HTTP", "SSE framing, default `max_duration` 50 s."),
@@ -385,7 +399,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Read over WebSocket",
             "description": "One JSON text frame per event (`message`/`end`/`error` with id and "
             "data, `ping`, `gap`, `reconnect`). A refused request is upgraded, gets one "
-            '`{"type":"rejected","error":{…}}` frame and close code 4000 + HTTP status.',
+            "`{\"type\":\"rejected\",\"error\":{…}}` frame and close code 4000 + HTTP status.",
             "security": CHANNEL_AUTH,
             "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME],
             "responses": {
@@ -399,27 +413,15 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Long-poll",
             "security": CHANNEL_AUTH,
             "parameters": [
-                CHANNEL_ID,
-                TOKEN_QUERY,
-                *RESUME,
-                {
-                    "name": "timeout",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "number", "minimum": 0, "maximum": 55, "default": 25},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
-                },
+                CHANNEL_ID, TOKEN_QUERY, *RESUME,
+                {"name": "timeout", "in": "query", "required": False,
+                 "schema": {"type": "number", "minimum": 0, "maximum": 55, "default": 25}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
             ],
             "responses": {
-                "200": _json(
-                    "Events after the position, or none when the timeout passed.",
-                    _ref("PollResult"),
-                ),
+                "200": _json("Events after the position, or none when the timeout passed.",
+                             _ref("PollResult")),
                 **_errors(*READ_ERRORS, (400, "invalid_timeout"), (400, "invalid_limit")),
             },
         }
@@ -429,14 +431,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Inspect a channel and its latest events (admin)",
             "security": ADMIN_AUTH,
             "parameters": [
-                CHANNEL_ID,
-                TOKEN_QUERY,
-                {
-                    "name": "tail",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 20},
-                },
+                CHANNEL_ID, TOKEN_QUERY,
+                {"name": "tail", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 20}},
             ],
             "responses": {
                 "200": _json("Status and the last `tail` events.", _ref("Inspection")),
@@ -474,10 +471,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": ADMIN_AUTH,
             "parameters": [TOKEN_QUERY],
             "responses": {
-                "200": {
-                    "description": "Prometheus text exposition format.",
-                    "content": {"text/plain": {"schema": STRING}},
-                },
+                "200": {"description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": STRING}}},
                 **_errors(*ADMIN_ERRORS),
             },
         }
@@ -505,7 +500,7 @@ def document(server_url: str) -> dict[str, Any]:
             "version": "1",
             "description": "Pub/sub channels with exact resume over SSE, chunked HTTP, "
             "WebSocket and long-poll. The wire format is specified in docs/protocol.md. "
-            'Every error body is `{"error": {"code", "message"}}`; any route can also '
+            "Every error body is `{\"error\": {\"code\", \"message\"}}`; any route can also "
             "answer 404 `not_found`, 405 `method_not_allowed` or 500 `internal_error`.",
         },
         "servers": [{"url": server_url}],
@@ -514,8 +509,7 @@ def document(server_url: str) -> dict[str, Any]:
             "schemas": SCHEMAS,
             "securitySchemes": {
                 "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
+                    "type": "http", "scheme": "bearer",
                     "description": "Channel token (JWT), admin token or app key, per route.",
                 },
                 "queryToken": {"type": "apiKey", "in": "query", "name": "token"},

@@ -26,6 +26,7 @@ from broker.engine import live_feed as live_feed_module
 from broker.engine import redis_layout
 from broker.engine.base import (
     AppendResult,
+    ChannelCancelled,
     ChannelEnded,
     ChannelExists,
     ChannelNotFound,
@@ -293,6 +294,57 @@ async def test_error_event_ends_channel(backend: Backend) -> None:
     page = await engine.read("err", result.ids[0], 10)
     assert [(e.type, e.data) for e in page.events] == [("error", {"message": "boom"})]
     assert page.ended
+
+
+async def test_cancel(backend: Backend) -> None:
+    """A reader's cancel ends the channel with `cancelled`; writers are told, on every door."""
+    engine, recorder = await backend.engine(Limits(idle_ttl=100, retention=50))
+    await engine.create("c")
+    await engine.watch("c")
+    first = await engine.append("c", msgs("token"), writer="w", seq=1)
+    cancelled = await engine.cancel("c", "user pressed stop")
+    assert not cancelled.duplicate and len(cancelled.ids) == 1
+    assert cancelled.last_event_id == cancelled.ids[0]
+    page = await engine.read("c", None, 10)
+    assert [(e.type, e.data) for e in page.events] == [
+        ("message", "token"),
+        ("cancelled", {"reason": "user pressed stop"}),
+    ]
+    assert page.ended and page.events[-1].terminal
+    await until(lambda: len(recorder.ids("c")) == 2)
+    assert recorder.events["c"][-1].type == "cancelled"
+    info = await engine.info("c")
+    assert info is not None and info.state == "cancelled" and info.messages == 2
+    assert 45 <= info.ttl <= 50, "kept for the retention, like an ended channel"
+
+    for append in (engine.append, backend.outside_append):
+        with pytest.raises(ChannelCancelled) as refused:
+            await append("c", msgs("late"))
+        assert isinstance(refused.value, ChannelEnded)
+        with pytest.raises(ChannelCancelled):
+            await append("c", [("end", pack(None))])
+        # A retry of a write stored before the cancel still gets its original answer.
+        retry = await append("c", msgs("token"), writer="w", seq=1)
+        assert retry.duplicate and retry.last_event_id == first.last_event_id
+    again = await engine.cancel("c")
+    assert again.duplicate and again.ids == [] and again.last_event_id == cancelled.ids[0]
+    assert len((await engine.read("c", None, 10)).events) == 2
+
+    await engine.create("done")
+    await engine.append("done", [("end", pack(None))])
+    with pytest.raises(ChannelEnded) as ended:
+        await engine.cancel("done")
+    assert not isinstance(ended.value, ChannelCancelled)
+    with pytest.raises(ChannelNotFound):
+        await engine.cancel("missing")
+    await engine.create("quiet")
+    with pytest.raises(ValueError):
+        await engine.cancel("quiet", "x" * 201)
+    plain = await engine.cancel("quiet")  # no reason, no event before it
+    page = await engine.read("quiet", None, 10)
+    assert [(e.id, e.type, e.data) for e in page.events] == [
+        (plain.ids[0], "cancelled", {"reason": None})
+    ]
 
 
 async def test_dedup_by_writer_and_seq(backend: Backend) -> None:

@@ -105,7 +105,7 @@ def test_the_checker_rejects_wrong_values() -> None:
     with pytest.raises(AssertionError, match="missing 'read_token'"):
         check({"id": "a", "state": "open"}, {"$ref": "#/components/schemas/Opened"}, doc)
     with pytest.raises(AssertionError, match="not in"):
-        health = {"status": "sleepy", "engine": "memory"}
+        health = {"status": "sleepy", "engine": "memory", "engine_ok": True}
         check(health, {"$ref": "#/components/schemas/Health"}, doc)
     with pytest.raises(AssertionError, match="is not"):
         token = {"unbroken": 1, "broker": 5, "channel": "c", "token": "t"}

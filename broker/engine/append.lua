@@ -9,7 +9,8 @@
 -- ARGV[6], ARGV[7], ... pairs of (type, msgpack data); only the last may be end/error
 --
 -- Returns {'ok', last_id, id1, id2, ...} | {'duplicate', last_id_of_writer} | {'not_found'}
--- | {'ended'}. last_id is '' when the channel holds no event.
+-- | {'ended'} | {'cancelled'} (a reader cancelled it: cancel.lua). last_id is '' when the
+-- channel holds no event.
 
 local events, meta, writers = KEYS[1], KEYS[2], KEYS[3]
 local live, now, writer = ARGV[1], ARGV[2], ARGV[3]
@@ -31,6 +32,9 @@ if writer ~= '' then
   end
 end
 
+if m[1] == 'cancelled' then
+  return {'cancelled'}
+end
 if m[1] ~= 'open' then
   return {'ended'}
 end

@@ -13,7 +13,11 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from broker.events import TERMINAL_TYPES, Event, EventType
+from broker.events import TERMINAL_TYPES, Event, EventType, pack
+
+# Events per append: one append is one Lua call (or one loop on the event loop), which blocks every
+# other client of that Redis (or this broker) while it runs.
+MAX_BATCH_EVENTS = 1000
 
 # Called by the engine with new events of one watched channel, in id order. `None` means the
 # channel disappeared (deleted or expired): its subscribers must be disconnected.
@@ -42,6 +46,13 @@ class ChannelNotFound(EngineError):
 
 class ChannelEnded(EngineError):
     pass
+
+
+class ChannelCancelled(ChannelEnded):
+    """A write to a channel a reader cancelled (an `end`/`error` raises plain ChannelEnded)."""
+
+
+MAX_CANCEL_REASON = 200  # characters
 
 
 _E = TypeVar("_E", bound="Engine")
@@ -80,6 +91,8 @@ def check_batch(
     redis_layout.append_events, so a batch means the same thing whoever appends it."""
     if not items:
         raise ValueError("a batch holds at least one event")
+    if len(items) > MAX_BATCH_EVENTS:
+        raise ValueError(f"at most {MAX_BATCH_EVENTS} events per append, not {len(items)}")
     for n, (kind, payload) in enumerate(items):
         if kind not in WRITABLE_TYPES:
             raise ValueError(f"unknown event type {kind!r}")
@@ -105,7 +118,7 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
     id: str
-    state: str  # "open" | "ended"
+    state: str  # "open" | "ended" | "cancelled" (broker.vocabulary.ChannelState)
     created_at: int  # ms since the epoch
     updated_at: int
     messages: int  # events ever appended (including a terminal one)
@@ -181,7 +194,8 @@ class Engine(abc.ABC):
 
         With a writer id, the batch takes the seqs `seq … seq+len-1`; a batch whose `seq` is not
         above the writer's last stored seq is a duplicate and stores nothing.
-        Raises ValueError (a bad batch: nothing stored), ChannelNotFound, ChannelEnded.
+        Raises ValueError (a bad batch: nothing stored), ChannelNotFound, ChannelEnded,
+        ChannelCancelled (the channel was cancelled; a duplicate is still answered as one).
         """
         check_batch(items, writer, seq)
         return await self._append(channel_id, items, writer=writer, seq=seq)
@@ -196,6 +210,20 @@ class Engine(abc.ABC):
         seq: int | None,
     ) -> AppendResult:
         """Store a batch that check_batch() accepted."""
+
+    @timed
+    async def cancel(self, channel_id: str, reason: str | None = None) -> AppendResult:
+        """Append the terminal `cancelled` event (data `{"reason": reason}`) to an open channel
+        and make its state `cancelled`. Cancelling a cancelled channel stores nothing and
+        answers `duplicate=True` with its last id. Raises ValueError (a bad reason),
+        ChannelNotFound, ChannelEnded (it ended by end/error)."""
+        if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_CANCEL_REASON):
+            raise ValueError(f"a cancel reason is a string of at most {MAX_CANCEL_REASON} chars")
+        return await self._cancel(channel_id, pack({"reason": reason}))
+
+    @abc.abstractmethod
+    async def _cancel(self, channel_id: str, payload: bytes) -> AppendResult:
+        """Store the `cancelled` event with this msgpack payload (see cancel())."""
 
     @abc.abstractmethod
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
@@ -218,6 +246,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def unwatch(self, channel_id: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise when the storage cannot be reached (for /readyz); in-process storage always can."""
+        return None
 
     def held_channels(self) -> int | None:
         """How many channels this process holds in its own memory (for --max-channels), or None

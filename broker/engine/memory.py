@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from broker.engine.base import (
     AppendResult,
+    ChannelCancelled,
     ChannelEnded,
     ChannelExists,
     ChannelInfo,
@@ -173,8 +174,29 @@ class MemoryEngine(Engine):
             last_seq, last_id = channel.writers.get(writer, (0, None))
             if seq <= last_seq:
                 return AppendResult(ids=[], duplicate=True, last_event_id=last_id)
+        if channel.state == "cancelled":
+            raise ChannelCancelled(channel_id)
         if channel.state != "open":
             raise ChannelEnded(channel_id)
+        result = self._store(channel, items)
+        if writer is not None and seq is not None:
+            channel.writers[writer] = (seq + len(items) - 1, channel.last_event_id)
+        return result
+
+    async def _cancel(self, channel_id: str, payload: bytes) -> AppendResult:
+        channel = self._get(channel_id)
+        if channel is None:
+            raise ChannelNotFound(channel_id)
+        if channel.state == "cancelled":
+            return AppendResult(ids=[], duplicate=True, last_event_id=channel.last_event_id)
+        if channel.state != "open":
+            raise ChannelEnded(channel_id)
+        return self._store(channel, [("cancelled", payload)])
+
+    def _store(
+        self, channel: _Channel, items: Sequence[tuple[EventType, bytes]]
+    ) -> AppendResult:
+        """Append to an open channel, apply a terminal event's state, tell the watchers."""
         new_events = [Event(channel.next_id(), kind, payload) for kind, payload in items]
         for event in new_events:
             if len(channel.events) >= self.limits.max_messages:
@@ -182,16 +204,17 @@ class MemoryEngine(Engine):
             channel.events.append(event)
         channel.count += len(new_events)
         channel.updated_at = _now_ms()
-        if new_events and new_events[-1].terminal:
-            channel.state = "ended"
+        if new_events[-1].terminal:
+            channel.state = "cancelled" if new_events[-1].type == "cancelled" else "ended"
             channel.expires_at = time.monotonic() + self.limits.retention
         else:
             channel.expires_at = time.monotonic() + self.limits.idle_ttl
-        ids = [event.id for event in new_events]
-        if writer is not None and seq is not None:
-            channel.writers[writer] = (seq + len(items) - 1, channel.last_event_id)
-        self.store.publish(channel_id, new_events)
-        return AppendResult(ids=ids, duplicate=False, last_event_id=channel.last_event_id)
+        self.store.publish(channel.id, new_events)
+        return AppendResult(
+            ids=[event.id for event in new_events],
+            duplicate=False,
+            last_event_id=channel.last_event_id,
+        )
 
     @timed
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:

@@ -29,6 +29,7 @@ from broker.engine.live_feed import LiveFeed
 from broker.engine.redis_client import MAX_CONNECTIONS, ObservedRedis, connect
 from broker.engine.redis_layout import (
     DEFAULT_PREFIX,
+    cancel_channel,
     channel_keys,
     create_channel,
     delete_channel,
@@ -97,6 +98,9 @@ class RedisEngine(Engine):
         await self._redis.ping()
         self.feed.start(deliver)
 
+    async def ping(self) -> None:
+        await self._redis.ping()
+
     async def close(self) -> None:
         await self.feed.close()
         if self._owns_client:
@@ -132,6 +136,9 @@ class RedisEngine(Engine):
         # Delivery to local watchers goes through pub/sub like everybody else's writes, so the
         # live feed has a single source of order.
         return await run_append(self._redis, self.prefix, channel_id, items, writer=writer, seq=seq)
+
+    async def _cancel(self, channel_id: str, payload: bytes) -> AppendResult:
+        return await cancel_channel(self._redis, self.prefix, channel_id, payload)
 
     @timed
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:

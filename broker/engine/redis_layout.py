@@ -14,7 +14,8 @@ broker.engine.base / broker.events), so a worker process can use it with a plain
         [("message", pack(value))],  # (type, msgpack bytes); only the last may be end/error
         writer="w-1234", seq=7,    # optional idempotency key; both or neither
     )  # -> AppendResult(ids, duplicate, last_event_id)
-       # raises ChannelNotFound (expired/deleted/never created), ChannelEnded, ValueError
+       # raises ChannelNotFound (expired/deleted/never created), ChannelEnded,
+       # ChannelCancelled (a reader cancelled: stop generating), ValueError
 
 The channel's limits (idle_ttl, retention, max_messages) are stored in its meta hash when the
 broker creates it, so a writer needs no configuration beyond the Redis URL and the prefix.
@@ -33,7 +34,14 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from broker.engine.base import AppendResult, ChannelEnded, ChannelNotFound, Limits, check_batch
+from broker.engine.base import (
+    AppendResult,
+    ChannelCancelled,
+    ChannelEnded,
+    ChannelNotFound,
+    Limits,
+    check_batch,
+)
 from broker.events import Event, EventType
 
 DEFAULT_PREFIX = "unbroken"
@@ -72,6 +80,7 @@ def _load(name: str) -> LuaScript:
 APPEND = _load("append.lua")
 CREATE = _load("create.lua")
 DELETE = _load("delete.lua")
+CANCEL = _load("cancel.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +152,7 @@ async def append_events(
     With a writer id and seq, the batch takes the seqs `seq … seq+len-1`; a batch whose seq is
     not above the writer's last stored seq is a duplicate: nothing is stored and the result has
     `duplicate=True` and the writer's last event id (even if the channel has ended since).
-    Raises ChannelNotFound, ChannelEnded, ValueError (bad batch).
+    Raises ChannelNotFound, ChannelEnded, ChannelCancelled, ValueError (bad batch).
     """
     check_batch(items, writer, seq)
     return await run_append(redis, prefix, channel_id, items, writer=writer, seq=seq)
@@ -181,9 +190,30 @@ async def run_append(
         return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
     if status == "not_found":
         raise ChannelNotFound(channel_id)
+    if status == "cancelled":
+        raise ChannelCancelled(channel_id)
     if status == "ended":
         raise ChannelEnded(channel_id)
     raise RuntimeError(f"append.lua answered {reply!r}")
+
+
+async def cancel_channel(
+    redis: Redis, prefix: str, channel_id: str, payload: bytes
+) -> AppendResult:
+    """Append the terminal `cancelled` event (cancel.lua): see Engine.cancel()."""
+    keys = channel_keys(prefix, channel_id)
+    reply = await CANCEL(redis, keys.stored, [keys.live, now_ms(), payload])
+    status = _text(reply[0])
+    if status == "ok":
+        event_id = _text(reply[1])
+        return AppendResult(ids=[event_id], duplicate=False, last_event_id=event_id)
+    if status == "duplicate":
+        return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
+    if status == "not_found":
+        raise ChannelNotFound(channel_id)
+    if status == "ended":
+        raise ChannelEnded(channel_id)
+    raise RuntimeError(f"cancel.lua answered {reply!r}")
 
 
 async def delete_channel(redis: Redis, prefix: str, channel_id: str) -> bool:

@@ -19,7 +19,7 @@ from broker.auth import authorize_channel
 from broker.context import BrokerContext, context_of
 from broker.engine.base import ChannelNotFound, ReadResult
 from broker.errors import ApiError
-from broker.events import Event, parse_event_id
+from broker.events import Event, id_before, parse_event_id
 from broker.hub import Closed, Socket, Subscriber, as_socket
 from broker.transports.framing import Framer
 
@@ -40,7 +40,7 @@ def resume_position(request: web.Request) -> str | None:
     except ValueError as exc:
         raise ApiError(
             400,
-            "invalid_last_event_id",
+            "bad_last_event_id",
             f"{value!r} is not an event id; send back an id the broker gave you, or none.",
         ) from exc
     return value
@@ -111,11 +111,19 @@ class Reading:
 
 
 async def start_reading(
-    ctx: BrokerContext, channel_id: str, after: str | None, transport: str
+    ctx: BrokerContext,
+    channel_id: str,
+    after: str | None,
+    transport: str,
+    *,
+    terminal_only: bool = False,
 ) -> Reading:
-    subscriber = await ctx.hub.subscribe(channel_id, transport)
+    subscriber = await ctx.hub.subscribe(channel_id, transport, terminal_only=terminal_only)
     try:
-        first = await ctx.engine.read(channel_id, after, PAGE_SIZE)
+        if terminal_only:
+            first = await _terminal_position(ctx, channel_id, after, subscriber)
+        else:
+            first = await ctx.engine.read(channel_id, after, PAGE_SIZE)
     except ChannelNotFound as exc:
         await ctx.hub.unsubscribe(subscriber)
         raise gone(channel_id) from exc
@@ -124,6 +132,32 @@ async def start_reading(
         raise
     log.debug("reader connected", extra={"channel": channel_id, "transport": transport})
     return Reading(ctx, channel_id, subscriber, first)
+
+
+def heartbeat_header(ctx: BrokerContext) -> dict[str, str]:
+    """`Unbroken-Heartbeat: <s>` on streaming answers: a client's watchdog can then be as tight
+    as this broker's heartbeat instead of assuming the default 15 s."""
+    return {"Unbroken-Heartbeat": f"{ctx.settings.heartbeat:g}"}
+
+
+async def _terminal_position(
+    ctx: BrokerContext, channel_id: str, after: str | None, subscriber: Subscriber
+) -> ReadResult:
+    """Where a terminal-only reader starts: at the channel's current end, never replaying
+    messages. A channel that has already ended gives its terminal event, unless the reader's
+    resume id shows it has that one (then nothing is left: 204, which stops EventSource)."""
+    info = await ctx.engine.info(channel_id)
+    if info is None:
+        raise ChannelNotFound(channel_id)
+    last = info.last_event_id
+    if info.state == "open" or last is None:
+        if last is not None:
+            subscriber.last_key = parse_event_id(last)  # only what comes after now
+        return ReadResult(events=[], gap=None, ended=False, last_event_id=last)
+    if after is not None and parse_event_id(after) >= parse_event_id(last):
+        return ReadResult(events=[], gap=None, ended=True, last_event_id=last)
+    page = await ctx.engine.read(channel_id, id_before(last), 1)
+    return ReadResult(events=page.events, gap=None, ended=True, last_event_id=last)
 
 
 async def forward(reading: Reading, framer: Framer, duration: float | None) -> None:

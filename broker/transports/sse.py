@@ -8,7 +8,13 @@ from aiohttp import HttpVersion11, web
 
 from broker.errors import ApiError
 from broker.transports.framing import RawSSEFramer, SSEFramer
-from broker.transports.reading import authorize_reader, forward, socket_of, start_reading
+from broker.transports.reading import (
+    authorize_reader,
+    forward,
+    heartbeat_header,
+    socket_of,
+    start_reading,
+)
 from broker.vocabulary import Transport
 
 SSE_HEADERS = {
@@ -33,7 +39,14 @@ def max_duration(request: web.Request, default: float | None) -> float | None:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, "sse", max_duration(request, None))
+    # `?only=terminal`: the writer's way to hear of a cancel over HTTP (end/error/cancelled and
+    # heartbeats only, from the channel's current end).
+    only = request.query.get("only")
+    if only not in (None, "terminal"):
+        raise ApiError(400, "invalid_only", "only accepts one value: 'terminal'.")
+    return await _serve(
+        request, "sse", max_duration(request, None), terminal_only=only == "terminal"
+    )
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -41,14 +54,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(
-    request: web.Request, transport: Transport, duration: float | None
+    request: web.Request,
+    transport: Transport,
+    duration: float | None,
+    *,
+    terminal_only: bool = False,
 ) -> web.StreamResponse:
     ctx, channel_id, after = authorize_reader(request)
-    reading = await start_reading(ctx, channel_id, after, transport)
+    reading = await start_reading(ctx, channel_id, after, transport, terminal_only=terminal_only)
     try:
         if reading.nothing_left:
             return web.Response(status=204)
-        response = web.StreamResponse(headers=SSE_HEADERS)
+        response = web.StreamResponse(headers={**SSE_HEADERS, **heartbeat_header(ctx)})
         if request.version >= HttpVersion11:  # HTTP/1.0 readers get the stream until close
             response.enable_chunked_encoding()
         await response.prepare(request)

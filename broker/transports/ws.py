@@ -15,7 +15,14 @@ from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
 from broker.events import dumps
 from broker.transports.framing import WSFramer
-from broker.transports.reading import Reading, authorize_reader, forward, socket_of, start_reading
+from broker.transports.reading import (
+    Reading,
+    authorize_reader,
+    forward,
+    heartbeat_header,
+    socket_of,
+    start_reading,
+)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -30,6 +37,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             raise
         return await _reject(request, socket, error)
     try:
+        socket.headers.update(heartbeat_header(ctx))
         await socket.prepare(request)
         if reading.nothing_left:
             await socket.close(code=1000, message=b"ended")

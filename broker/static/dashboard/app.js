@@ -144,7 +144,7 @@ async function openDetail(id) {
   renderInfo(inspection);
   inspection.events.forEach(appendEvent);
   const last = inspection.events.length ? inspection.events[inspection.events.length - 1] : null;
-  if (last && (last.type === 'end' || last.type === 'error')) {
+  if (last && ['end', 'error', 'cancelled'].includes(last.type)) {
     $('tail-mode').textContent = 'ended';
     return;
   }
