@@ -33,6 +33,7 @@ from broker.startup import (
     engine_error,
     listen_socket,
 )
+from broker.urls import broker_url
 
 log = logging.getLogger("unbroken")
 
@@ -310,7 +311,11 @@ def _worker_main(settings: Settings) -> None:
 
 
 def _admin_get(broker: str, path: str, token: str) -> Any:
-    request = urllib.request.Request(broker.rstrip("/") + path)
+    try:
+        base = broker_url(broker)  # `localhost:8080` means http://localhost:8080
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc} (--broker or UNBROKEN_URL)") from None
+    request = urllib.request.Request(base + path)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

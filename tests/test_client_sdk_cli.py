@@ -14,7 +14,7 @@ import pytest
 from yarl import URL
 
 from client_sdk import create_channel
-from tests.test_client_sdk_support import REPO, Proxy, Writer, broker_process, free_port
+from tests.client_sdk_support import REPO, Proxy, Writer, broker_process, free_port
 from worker.channel import Channel as WorkerChannel
 
 
