@@ -26,6 +26,7 @@ CORS_HEADERS = {
         "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, Unbroken-Writer, Unbroken-Seq"
     ),
     "Access-Control-Max-Age": "86400",
+    "Access-Control-Expose-Headers": "Unbroken-Heartbeat",
 }
 # Cross-origin access is for the public channel API only. Admin data (listing, inspect, stats,
 # metrics, read-token minting) gets no CORS headers and no preflight, so a web page the operator

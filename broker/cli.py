@@ -18,7 +18,16 @@ from aiohttp import web
 
 from broker.app import create_app
 from broker.config import SECRET_FILE_SETTINGS, Settings, read_secret_file, settings_from_env
+from broker.errors import engine_unavailable
 from broker.logs import configure_logging
+from broker.startup import (
+    StartupError,
+    check_engine,
+    check_port_free,
+    engine_error,
+    listen_socket,
+)
+from broker.urls import broker_url
 
 log = logging.getLogger("unbroken")
 
@@ -142,7 +151,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings_from_env().with_overrides(**values)
 
 
-def _run_process(settings: Settings, sock: socket.socket | None) -> None:
+def _run_process(settings: Settings, sock: socket.socket) -> None:
     configure_logging(settings.log_json, settings.log_level)
     try:
         import uvloop
@@ -151,34 +160,30 @@ def _run_process(settings: Settings, sock: socket.socket | None) -> None:
     except ImportError:  # uvloop is optional on platforms without it
         pass
     app = create_app(settings)
-    log.info(
-        "unbroken broker on http://%s:%s (engine %s, pid %s)",
-        settings.host,
-        settings.port,
-        settings.engine,
-        os.getpid(),
-    )
-    web.run_app(
-        app,
-        sock=sock,
-        host=None if sock else settings.host,
-        port=None if sock else settings.port,
-        handler_cancellation=True,
-        shutdown_timeout=settings.shutdown_timeout,
-        print=None,
-        access_log=None,
-    )
 
+    def listening(_banner: str) -> None:  # called by run_app once the site accepts connections
+        log.info(
+            "unbroken broker on http://%s:%s (engine %s, pid %s)",
+            settings.host,
+            settings.port,
+            settings.engine,
+            os.getpid(),
+        )
 
-def _reuse_port_socket(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
+    try:
+        web.run_app(
+            app,
+            sock=sock,
+            handler_cancellation=True,
+            shutdown_timeout=settings.shutdown_timeout,
+            print=listening,
+            access_log=None,
+        )
+    except Exception as exc:
+        if not engine_unavailable(exc):  # Redis went away between the check and the start
+            raise
+        print(f"error: {engine_error(settings, exc)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def serve(settings: Settings) -> int:
@@ -187,8 +192,17 @@ def serve(settings: Settings) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_engine(settings)
+        if settings.workers <= 1:
+            sock = listen_socket(settings.host, settings.port, reuse_port=False)
+        else:
+            check_port_free(settings.host, settings.port)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if settings.workers <= 1:
-        _run_process(settings, None)
+        _run_process(settings, sock)
         return 0
     # Each worker binds its own SO_REUSEPORT socket; the kernel spreads connections over them.
     processes = [
@@ -214,11 +228,20 @@ def serve(settings: Settings) -> int:
 
 
 def _worker_main(settings: Settings) -> None:
-    _run_process(settings, _reuse_port_socket(settings))
+    try:
+        sock = listen_socket(settings.host, settings.port, reuse_port=True)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    _run_process(settings, sock)
 
 
 def _admin_get(broker: str, path: str, token: str) -> Any:
-    request = urllib.request.Request(broker.rstrip("/") + path)
+    try:
+        base = broker_url(broker)  # `localhost:8080` means http://localhost:8080
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc} (--broker or UNBROKEN_URL)") from None
+    request = urllib.request.Request(base + path)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

@@ -180,11 +180,12 @@ ADMIN_ERRORS = ((401, "token_missing"), (403, "admin_token_invalid"), (403, "adm
 WRITE_ERRORS = (
     *TOKEN_ERRORS, (403, "token_wrong_scope"), (400, "invalid_json"), (400, "invalid_body"),
     (400, "invalid_writer"), (400, "invalid_seq"), (400, "invalid_idempotency_key"),
+    (400, "too_many_messages"),
     (409, "channel_ended"), (409, "channel_cancelled"), (410, "channel_gone"),
     (413, "message_too_large"),
 )
 READ_ERRORS = (
-    *TOKEN_ERRORS, (400, "invalid_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
+    *TOKEN_ERRORS, (400, "bad_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
 )
 
 CHANNEL_ID = {

@@ -65,11 +65,16 @@ class ChannelErrorEvent(UnbrokenError):
 class TransportError(UnbrokenError):
     """A connection-level failure: the reader reconnects (and may switch transport)."""
 
-    def __init__(self, message: str, *, before_first_byte: bool = False) -> None:
+    def __init__(
+        self, message: str, *, before_first_byte: bool = False, unreachable: bool = False
+    ) -> None:
         super().__init__(message)
         # True when the transport never delivered anything: `transport="auto"` then tries the
         # next transport instead of insisting on one that a proxy may be blocking.
-        self.before_first_byte = before_first_byte
+        self.before_first_byte = before_first_byte or unreachable
+        # True when nothing accepted the connection (refused, unknown host): with several
+        # broker URLs the reader fails over to the next one.
+        self.unreachable = unreachable
 
 
 class WatchdogTimeout(TransportError):

@@ -24,7 +24,9 @@ from client_sdk.ids import is_event_id
 from client_sdk.models import Control, Event, Frame
 from client_sdk.sse import SSEMessage, SSEParser
 
-_EVENT_TYPES: Final = frozenset({"message", "end", "error"})
+_EVENT_TYPES: Final = frozenset({"message", "end", "error", "cancelled"})
+HEARTBEAT_HEADER: Final = "Unbroken-Heartbeat"
+WATCHDOG_FACTOR: Final = 2.5  # missing two heartbeats (plus slack) means the connection is dead
 _CONNECTION_ERRORS: Final = (aiohttp.ClientError, OSError)
 
 
@@ -47,12 +49,36 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    idle_timeout: float  # no byte (heartbeats included) for this long: the connection is dead
+    heartbeat: float  # the broker's heartbeat interval as far as the reader knows it
+    # No byte (heartbeats included) for this long: the connection is dead. None: follow the
+    # broker, WATCHDOG_FACTOR heartbeats, as announced by the answer itself when it says.
+    idle_timeout: float | None
     first_byte_timeout: float  # a connection that sends nothing this long is blocked somewhere
     poll_timeout: int  # the long-poll `timeout` parameter (the broker caps it at 55)
     # SSE/chunked `max_duration`: the broker ends each stream after that many seconds (with a
     # `reconnect` event); for networks that cut long responses.
     max_duration: float | None = None
+
+    def idle(self, announced: float | None = None) -> float:
+        if self.idle_timeout is not None:
+            return self.idle_timeout
+        return WATCHDOG_FACTOR * (announced if announced is not None else self.heartbeat)
+
+
+def announced_heartbeat(headers: Mapping[str, str] | None) -> float | None:
+    """The broker's heartbeat from the `Unbroken-Heartbeat` header (None when absent/bad)."""
+    value = headers.get(HEARTBEAT_HEADER) if headers is not None else None
+    try:
+        beat = float(value) if value is not None else None
+    except ValueError:
+        return None
+    # A nonsense value must not make the watchdog fire at once or never.
+    return beat if beat is not None and 0.05 <= beat <= 3600 else None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Nothing listens there (refused, no route, unknown host): another broker may answer."""
+    return isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
 
 
 class Transport(abc.ABC):
@@ -160,7 +186,11 @@ class SSETransport(Transport):
                 before_first_byte=True,
             ) from exc
         except _CONNECTION_ERRORS as exc:
-            raise TransportError(f"{self.name}: {_describe(exc)}", before_first_byte=True) from exc
+            raise TransportError(
+                f"{self.name}: {_describe(exc)}",
+                before_first_byte=True,
+                unreachable=_unreachable(exc),
+            ) from exc
         async with resp:
             if resp.status == 204:
                 yield Control("ended")
@@ -173,10 +203,14 @@ class SSETransport(Transport):
                     f"{self.name}: expected text/event-stream, got {content_type!r}",
                     before_first_byte=True,
                 )
+            announced = announced_heartbeat(resp.headers)
+            if announced is not None:
+                yield Control("interval", f"{announced:g}")
+            idle = timing.idle(announced)
             parser = SSEParser()
             first = True
             while True:
-                wait = timing.first_byte_timeout if first else timing.idle_timeout
+                wait = timing.first_byte_timeout if first else idle
                 try:
                     async with asyncio.timeout(wait):
                         chunk = await resp.content.readany()
@@ -236,15 +270,24 @@ class WebSocketTransport(Transport):
         except _CONNECTION_ERRORS as exc:
             # The broker upgrades even requests it rejects, so a failed handshake is a proxy
             # or a broker without WebSocket: another transport may work.
-            raise TransportError(f"ws: {_describe(exc)}", before_first_byte=True) from exc
+            raise TransportError(
+                f"ws: {_describe(exc)}", before_first_byte=True, unreachable=_unreachable(exc)
+            ) from exc
         async with ws:
+            # aiohttp keeps the handshake answer only privately; without it the known heartbeat
+            # (open response, an earlier stream, or the default) serves.
+            handshake = getattr(ws, "_response", None)
+            announced = announced_heartbeat(getattr(handshake, "headers", None))
+            if announced is not None:
+                yield Control("interval", f"{announced:g}")
+            idle = timing.idle(announced)
             received = False
             while True:
                 try:
-                    async with asyncio.timeout(timing.idle_timeout):
+                    async with asyncio.timeout(idle):
                         msg = await ws.receive()
                 except TimeoutError as exc:
-                    raise WatchdogTimeout(f"ws: silent for {timing.idle_timeout:g}s") from exc
+                    raise WatchdogTimeout(f"ws: silent for {idle:g}s") from exc
                 except _CONNECTION_ERRORS as exc:
                     raise TransportError(f"ws: {_describe(exc)}") from exc
                 if msg.type is aiohttp.WSMsgType.TEXT:
@@ -352,7 +395,11 @@ class PollTransport(Transport):
                     f"poll: no answer within {deadline:g}s", before_first_byte=first
                 ) from exc
             except _CONNECTION_ERRORS as exc:
-                raise TransportError(f"poll: {_describe(exc)}", before_first_byte=first) from exc
+                raise TransportError(
+                    f"poll: {_describe(exc)}",
+                    before_first_byte=first,
+                    unreachable=first and _unreachable(exc),
+                ) from exc
             except ValueError as exc:
                 raise ProtocolViolation("poll: the answer is not JSON") from exc
             first = False

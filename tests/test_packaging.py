@@ -56,7 +56,7 @@ async def test_channels_and_inspect_commands_against_a_running_broker() -> None:
 
     async with running_broker(admin_token="cli-admin") as broker:
         opened = await broker.open(name="inspect-me")
-        async with Channel.from_token(opened["channel_token"]) as channel:
+        async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
             await channel.write_many([{"n": 1}, {"n": 2}])
 
         async def cli(*args: str) -> tuple[int, str]:

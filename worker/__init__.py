@@ -3,6 +3,7 @@
 from worker.channel import Channel, SyncChannel
 from worker.errors import (
     BadTokenError,
+    ChannelCancelled,
     ChannelEndedError,
     ChannelExpiredError,
     InvalidMessageError,
@@ -14,6 +15,7 @@ from worker.errors import (
 __all__ = [
     "BadTokenError",
     "Channel",
+    "ChannelCancelled",
     "ChannelEndedError",
     "ChannelExpiredError",
     "InvalidMessageError",

@@ -15,6 +15,10 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from broker.events import TERMINAL_TYPES, Event, EventType, pack
 
+# Events per append: one append is one Lua call (or one loop on the event loop), which blocks every
+# other client of that Redis (or this broker) while it runs.
+MAX_BATCH_EVENTS = 1000
+
 # Called by the engine with new events of one watched channel, in id order. `None` means the
 # channel disappeared (deleted or expired): its subscribers must be disconnected.
 Deliver = Callable[[str, Sequence[Event] | None], None]
@@ -95,6 +99,8 @@ def check_batch(
     redis_layout.append_events, so a batch means the same thing whoever appends it."""
     if not items:
         raise ValueError("a batch holds at least one event")
+    if len(items) > MAX_BATCH_EVENTS:
+        raise ValueError(f"at most {MAX_BATCH_EVENTS} events per append, not {len(items)}")
     for n, (kind, payload) in enumerate(items):
         if kind not in WRITABLE_TYPES:
             raise ValueError(f"unknown event type {kind!r}")

@@ -15,6 +15,7 @@ from broker.transports.reading import (
     Reading,
     authorize_reader,
     gap_json,
+    heartbeat_header,
     reconnect_json,
     start_reading,
 )
@@ -64,7 +65,7 @@ async def _serve(
     try:
         if reading.nothing_left:
             return web.Response(status=204)
-        response = web.StreamResponse(headers=SSE_HEADERS)
+        response = web.StreamResponse(headers={**SSE_HEADERS, **heartbeat_header(ctx)})
         if request.version >= HttpVersion11:  # HTTP/1.0 readers get the stream until close
             response.enable_chunked_encoding()
         await response.prepare(request)

@@ -16,7 +16,7 @@ from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
 from broker.events import Event, dumps
 from broker.hub import Closed, as_socket
-from broker.transports.reading import Reading, authorize_reader, start_reading
+from broker.transports.reading import Reading, authorize_reader, heartbeat_header, start_reading
 
 PING = '{"type":"ping"}'
 
@@ -33,6 +33,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             raise
         return await _reject(request, socket, error)
     try:
+        socket.headers.update(heartbeat_header(ctx))
         await socket.prepare(request)
         _attach_direct_writes(reading, request)
         if reading.nothing_left:

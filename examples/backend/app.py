@@ -3,7 +3,9 @@
     POST /chat {"channel": <the channel token the app passed>, "prompt": "hello"}
 
 It answers at once (as a cloud function would) and keeps writing in the background, through
-Redis when UNBROKEN_REDIS_URL is set, otherwise through the broker's HTTP write API.
+Redis when UNBROKEN_REDIS_URL is set (with UNBROKEN_SECRET, the broker's key ring, to verify the
+token), otherwise through the broker's HTTP write API at UNBROKEN_BROKER_URL (the only brokers
+this backend will talk to). A "stop" from the app ends the loop quietly (ChannelCancelled).
 """
 
 from __future__ import annotations

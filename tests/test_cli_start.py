@@ -1,0 +1,105 @@
+"""`python -m broker serve` start-up failures, as a new user meets them: one clear line on stderr,
+a non-zero exit, no traceback, and no "broker on" line unless the broker really listens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
+
+from tests.broker_process import ROOT, BrokerProcess
+from tests.redis_server import free_port
+
+SECRET = "start:start-test-secret"
+
+
+async def serve(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
+    """Run `serve` and wait for it to exit: (exit code, stdout, stderr). A broker that starts
+    instead of refusing is killed and fails the test."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker", "serve", *args,
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        out, err = await process.communicate()
+        raise AssertionError(
+            f"serve did not refuse to start:\n{out.decode()}{err.decode()}"
+        ) from None
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr and "broker on" not in stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@contextmanager
+def held_port(*, reuse_port: bool) -> Iterator[int]:
+    """A port some other process (here: this test) listens on."""
+    with socket.socket() as sock:
+        if reuse_port:  # what another broker's --workers sockets look like
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+async def test_a_port_in_use_is_one_line_and_a_non_zero_exit() -> None:
+    with held_port(reuse_port=False) as port:
+        code, out, err = await serve("--port", str(port), "--secret", SECRET)
+    assert code != 0 and "broker on" not in out
+    line = one_line(err)
+    assert f"127.0.0.1:{port}" in line and "--port" in line
+
+
+async def test_an_unreachable_redis_is_one_line_and_a_non_zero_exit() -> None:
+    dead = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+    for workers in ("1", "2"):
+        code, out, err = await serve(
+            "--port", str(free_port()), "--redis", dead, "--secret", SECRET, "--workers", workers
+        )
+        assert code != 0 and "broker on" not in out, (workers, out, err)
+        line = one_line(err)
+        assert "Redis" in line and "--redis" in line, line
+        assert "hunter2" not in line and "127.0.0.1" in line  # the URL, without its password
+
+
+async def test_workers_refuse_a_port_another_process_holds(redis_url: str) -> None:
+    with held_port(reuse_port=True) as port:
+        code, out, err = await serve(
+            "--port", str(port), "--redis", redis_url, "--secret", SECRET, "--workers", "2"
+        )
+    assert code != 0 and "broker on" not in out
+    assert f"127.0.0.1:{port}" in one_line(err)
+
+
+async def test_the_broker_on_line_comes_once_when_it_listens(redis_url: str) -> None:
+    workers_args = ("--redis", redis_url, "--secret", SECRET, "--workers", "2")
+    for args in (("--secret", SECRET), workers_args):
+        async with BrokerProcess(*args) as broker, aiohttp.ClientSession() as http:
+            async with http.get(broker.url + "/healthz") as response:
+                assert response.status == 200
+            workers = 2 if "--workers" in args else 1
+
+            async def announced(broker: BrokerProcess = broker, workers: int = workers) -> bool:
+                return broker.output().count(f"unbroken broker on {broker.url}") == workers
+
+            for _ in range(100):  # each worker logs once, right after its site started
+                if await announced():
+                    break
+                await asyncio.sleep(0.05)
+            assert await announced(), broker.output()
+            assert "Traceback" not in broker.output()
