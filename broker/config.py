@@ -129,6 +129,9 @@ def read_secret_file(path: str, what: str) -> str:
     return value
 
 
+ENV_SETTINGS = (*_ENV_CASTS, "admin_open")  # settings read from UNBROKEN_<NAME>
+
+
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
     values: dict[str, Any] = {}
     for name in SECRET_FILE_SETTINGS:

@@ -522,6 +522,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})},
         }
     },
+    "/": {"get": _file("A page saying what this server is, with links", None)},
     "/dashboard": {"get": _file("The dashboard page", None)},
     "/dashboard/{path}": {"get": _file("A dashboard file (JS, CSS)", "path")},
     "/dashboard/sdk/{path}": {
@@ -539,7 +540,8 @@ def document(server_url: str) -> dict[str, Any]:
             "description": "Pub/sub channels with exact resume over SSE, chunked HTTP, "
             "WebSocket and long-poll. The wire format is specified in docs/protocol.md. "
             "Every error body is `{\"error\": {\"code\", \"message\"}}`; any route can also "
-            "answer 404 `not_found`, 405 `method_not_allowed` or 500 `internal_error`.",
+            "answer 404 `not_found`, 405 `method_not_allowed`, 500 `internal_error` or, while "
+            "the engine's storage is unreachable, 503 `engine_unavailable` with Retry-After.",
         },
         "servers": [{"url": server_url}],
         "paths": PATHS,

@@ -58,10 +58,16 @@ async def test_non_finite_numbers_are_refused(path: tuple[Broker, dict[str, Any]
                 await channel.write(bad)
             with pytest.raises(InvalidMessageError):
                 await channel.write_many([1, bad])
-        await channel.write(1.5)
+        # As deep as the broker takes inside a request, and one level more.
+        deepest: Any = "x"
+        for _ in range(62):
+            deepest = [deepest]
+        with pytest.raises(InvalidMessageError, match="62 levels"):
+            await channel.write([deepest])
+        await asyncio.gather(channel.write(1.5), channel.write(deepest))
     received = await read(broker.session, opened, "poll")
     # Nothing of a refused batch was stored, and the channel still works and ends normally.
-    assert received.messages == [1.5] and received.terminal == ("end", None)
+    assert received.messages == [1.5, deepest] and received.terminal == ("end", None)
 
 
 async def appends_seen(broker: Broker, options: dict[str, Any]) -> int:

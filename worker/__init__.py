@@ -11,6 +11,7 @@ from worker.errors import (
     WorkerError,
     WriteFailedError,
 )
+from worker.pool import Pool
 
 __all__ = [
     "BadTokenError",
@@ -20,6 +21,7 @@ __all__ = [
     "ChannelExpiredError",
     "InvalidMessageError",
     "MessageTooLargeError",
+    "Pool",
     "SyncChannel",
     "WorkerError",
     "WriteFailedError",

@@ -70,6 +70,23 @@ DEFAULT_WRITER_TIMEOUT = 60  # the broker's default lease, when the token does n
 # One coalesced request stays well inside the broker's per-request limits (1 MiB body).
 MAX_BATCH_ITEMS = 500
 MAX_BATCH_BYTES = 512 * 1024
+MAX_DEPTH = 62  # the broker's 64 levels per body, less the two the body adds
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when arrays/objects nest deeper than `limit` (iterative: no recursion to blow)."""
+    if not isinstance(value, dict | list | tuple):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list | tuple):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_token(token: str | Mapping[str, Any]) -> tuple[str, str, str]:
@@ -338,6 +355,11 @@ class Channel:
             raise InvalidMessageError(
                 f"A message must be a JSON value (no NaN or Infinity): {exc}."
             ) from exc
+        # The HTTP body wraps a message in two levels ({"messages": [...]}); the broker takes 64.
+        if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value, MAX_DEPTH):
+            raise InvalidMessageError(
+                f"A message may nest arrays and objects at most {MAX_DEPTH} levels deep."
+            )
         size = len(text) if text.isascii() else len(text.encode())
         if size > self._max_message_bytes:
             raise MessageTooLargeError(
