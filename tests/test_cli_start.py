@@ -190,3 +190,21 @@ async def test_channels_command_takes_a_limit_and_an_admin_token_file(tmp_path: 
         assert len(limited.stdout.splitlines()) == 2
         everything = await asyncio.to_thread(channels)
         assert len(everything.stdout.splitlines()) == 3
+
+
+# --- compose.yaml ---------------------------------------------------------------------------------
+
+
+def test_compose_gives_the_broker_an_admin_token_and_time_to_drain() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    broker = compose["services"]["broker"]
+    env = broker["environment"]
+    # From the environment / a .env file, with a default so `docker compose up` works at once.
+    assert re.fullmatch(r"\$\{UNBROKEN_ADMIN_TOKEN:-[^}]+\}", env["UNBROKEN_ADMIN_TOKEN"])
+    assert re.fullmatch(r"\$\{UNBROKEN_SECRET:-k1:[^}]+\}", env["UNBROKEN_SECRET"])
+    shutdown = float(env.get("UNBROKEN_SHUTDOWN_TIMEOUT", Settings().shutdown_timeout))
+    grace = re.fullmatch(r"(\d+)s", broker["stop_grace_period"])
+    assert grace is not None and int(grace.group(1)) > shutdown
+    assert "/readyz" in " ".join(broker["healthcheck"]["test"])
