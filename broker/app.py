@@ -139,6 +139,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.post("/v1/channels/{channel_id}/end", api.end_channel),
             web.post("/v1/channels/{channel_id}/error", api.error_channel),
             web.post("/v1/channels/{channel_id}/cancel", api.cancel_channel),
+            web.post("/v1/channels/{channel_id}/heartbeat", api.writer_heartbeat),
             web.get("/v1/channels/{channel_id}/events", sse.events, allow_head=False),
             web.get("/v1/channels/{channel_id}/stream", sse.stream, allow_head=False),
             web.get("/v1/channels/{channel_id}/ws", ws.websocket, allow_head=False),

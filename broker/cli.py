@@ -148,6 +148,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="channels the memory engine holds, 0 = no cap (UNBROKEN_MAX_CHANNELS)",
     )
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
+    serve.add_argument(
+        "--writer-timeout",
+        type=int,
+        help="writer lease in seconds for channels opened without one: a channel whose writer "
+        "neither writes nor heartbeats for this long ends with error writer_timeout; 0 = none",
+    )
     serve.add_argument("--idle-ttl", type=int, help="seconds an unwritten open channel lives")
     serve.add_argument("--retention", type=int, help="seconds an ended channel stays readable")
     serve.add_argument("--max-messages", type=int, help="events kept per channel")
@@ -219,6 +225,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "max_open_rate",
             "max_channels",
             "heartbeat",
+            "writer_timeout",
             "idle_ttl",
             "retention",
             "max_messages",

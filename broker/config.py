@@ -9,6 +9,18 @@ from typing import Any
 
 from broker.engine.base import Limits
 
+MIN_WRITER_TIMEOUT = 5  # seconds; below that a GC pause or a slow LLM token would end channels
+MAX_WRITER_TIMEOUT = 86_400
+
+
+def valid_writer_timeout(value: object) -> bool:
+    """0 (no lease) or MIN..MAX whole seconds."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value == 0 or MIN_WRITER_TIMEOUT <= value <= MAX_WRITER_TIMEOUT)
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -32,6 +44,10 @@ class Settings:
     max_open_rate: float = 200.0  # channel opens per second, all clients together
     max_channels: int = 100_000
     heartbeat: float = 15.0
+    # Writer lease, seconds (0: none): a channel whose writer neither writes nor heartbeats for
+    # this long ends with error {"code": "writer_timeout"}. The default for channels opened
+    # without `writer_timeout`.
+    writer_timeout: int = 60
     token_ttl: int = 86_400
     limits: Limits = field(default_factory=Limits)
     max_message_bytes: int = 256 * 1024
@@ -57,6 +73,11 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if not valid_writer_timeout(self.writer_timeout):
+            raise ValueError(
+                f"writer_timeout must be 0 (no lease) or {MIN_WRITER_TIMEOUT} to "
+                f"{MAX_WRITER_TIMEOUT} seconds, not {self.writer_timeout!r}"
+            )
         if self.engine not in ("memory", "redis"):
             raise ValueError(f"engine must be 'memory' or 'redis', not {self.engine!r}")
         if self.open_policy not in ("open", "key"):
@@ -84,6 +105,7 @@ _ENV_CASTS: dict[str, Any] = {
     "max_open_rate": float,
     "max_channels": int,
     "heartbeat": float,
+    "writer_timeout": int,
     "token_ttl": int,
     "max_message_bytes": int,
     "max_body_bytes": int,

@@ -38,6 +38,12 @@ from broker.engine.redis_layout import (
     now_ms,
     run_append,
 )
+from broker.engine.redis_layout import (
+    expire_writers as expire_channel_writers,
+)
+from broker.engine.redis_layout import (
+    heartbeat as heartbeat_channel,
+)
 from broker.events import EventType, parse_event_id
 
 
@@ -109,10 +115,15 @@ class RedisEngine(Engine):
     # -- storage --------------------------------------------------------------------------
 
     @timed
-    async def create(self, channel_id: str) -> ChannelInfo:
+    async def create(self, channel_id: str, *, writer_timeout: int = 0) -> ChannelInfo:
         now = now_ms()
         if not await create_channel(
-            self._redis, self.prefix, channel_id, self.limits, created_at=now
+            self._redis,
+            self.prefix,
+            channel_id,
+            self.limits,
+            created_at=now,
+            writer_timeout=writer_timeout,
         ):
             raise ChannelExists(channel_id)
         return ChannelInfo(
@@ -123,6 +134,7 @@ class RedisEngine(Engine):
             messages=0,
             last_event_id=None,
             ttl=self.limits.idle_ttl,
+            writer_timeout=writer_timeout,
         )
 
     async def _append(
@@ -139,6 +151,14 @@ class RedisEngine(Engine):
 
     async def _cancel(self, channel_id: str, payload: bytes) -> AppendResult:
         return await cancel_channel(self._redis, self.prefix, channel_id, payload)
+
+    @timed
+    async def heartbeat(self, channel_id: str) -> None:
+        await heartbeat_channel(self._redis, self.prefix, channel_id)
+
+    @timed
+    async def expire_writers(self, channel_ids: Sequence[str]) -> list[str]:
+        return await expire_channel_writers(self._redis, self.prefix, channel_ids)
 
     @timed
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:
@@ -248,4 +268,5 @@ def _info(channel_id: str, raw_meta: dict[Any, Any], pttl: int) -> ChannelInfo |
         messages=int(meta.get("count", 0)),
         last_event_id=meta.get("last_id") or None,
         ttl=-1 if pttl < 0 else math.floor(pttl / 1000),
+        writer_timeout=int(meta.get("writer_timeout") or 0),
     )

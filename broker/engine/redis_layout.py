@@ -41,8 +41,9 @@ from broker.engine.base import (
     ChannelNotFound,
     Limits,
     check_batch,
+    writer_timeout_error,
 )
-from broker.events import Event, EventType
+from broker.events import Event, EventType, pack
 
 DEFAULT_PREFIX = "unbroken"
 
@@ -81,6 +82,8 @@ APPEND = _load("append.lua")
 CREATE = _load("create.lua")
 DELETE = _load("delete.lua")
 CANCEL = _load("cancel.lua")
+HEARTBEAT = _load("heartbeat.lua")
+EXPIRE_WRITER = _load("expire_writers.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +125,22 @@ def _text(value: Any) -> str:
 
 
 async def create_channel(
-    redis: Redis, prefix: str, channel_id: str, limits: Limits, *, created_at: int | None = None
+    redis: Redis,
+    prefix: str,
+    channel_id: str,
+    limits: Limits,
+    *,
+    created_at: int | None = None,
+    writer_timeout: int = 0,
 ) -> bool:
-    """Create an open channel with these limits; False when it already exists."""
+    """Create an open channel with these limits and writer lease (seconds, 0 = none); False
+    when it already exists."""
     keys = channel_keys(prefix, channel_id)
     now = now_ms() if created_at is None else created_at
     created = await CREATE(
-        redis, keys.stored, [now, limits.idle_ttl, limits.retention, limits.max_messages]
+        redis,
+        keys.stored,
+        [now, limits.idle_ttl, limits.retention, limits.max_messages, writer_timeout],
     )
     if not created:
         return False
@@ -214,6 +226,56 @@ async def cancel_channel(
     if status == "ended":
         raise ChannelEnded(channel_id)
     raise RuntimeError(f"cancel.lua answered {reply!r}")
+
+
+async def heartbeat(redis: Redis, prefix: str, channel_id: str) -> None:
+    """A writer's sign of life (heartbeat.lua): renews the channel's writer lease (and its idle
+    TTL) without appending. Writers that write straight into Redis call it every
+    writer_timeout/3 while they work without writing.
+    Raises ChannelNotFound, ChannelEnded, ChannelCancelled (stop: a reader cancelled)."""
+    keys = channel_keys(prefix, channel_id)
+    reply = await HEARTBEAT(redis, keys.stored, [])
+    status = _text(reply[0])
+    if status == "ok":
+        return
+    if status == "not_found":
+        raise ChannelNotFound(channel_id)
+    if status == "cancelled":
+        raise ChannelCancelled(channel_id)
+    if status == "ended":
+        raise ChannelEnded(channel_id)
+    raise RuntimeError(f"heartbeat.lua answered {reply!r}")
+
+
+async def expire_writers(redis: Redis, prefix: str, channel_ids: Sequence[str]) -> list[str]:
+    """End each open channel among these whose writer lease ran out with the terminal `error`
+    event `{"code": "writer_timeout", ...}`; returns the ids of the channels it ended.
+
+    One pipelined HMGET finds the candidates; expire_writers.lua then re-checks and appends
+    atomically per channel, so a write or heartbeat that lands in between wins.
+    """
+    if not channel_ids:
+        return []
+    metas = [channel_keys(prefix, channel_id).meta for channel_id in channel_ids]
+    async with redis.pipeline(transaction=False) as pipe:
+        for meta in metas:
+            pipe.hmget(meta, ["state", "writer_timeout", "writer_deadline"])
+        replies = await pipe.execute()
+    now = now_ms()
+    ended: list[str] = []
+    for channel_id, (state, lease, deadline) in zip(channel_ids, replies, strict=True):
+        # The server's clock decides in the script; this pre-check only skips the clearly alive
+        # (a second of slack for a broker clock behind the server's).
+        if state != b"open" or not lease or int(lease) <= 0:
+            continue
+        if not deadline or not 0 < int(deadline) <= now + 1000:
+            continue
+        keys = channel_keys(prefix, channel_id)
+        payload = pack(writer_timeout_error(int(lease)))
+        reply = await EXPIRE_WRITER(redis, keys.stored, [keys.live, now, payload])
+        if _text(reply[0]) == "ok":
+            ended.append(channel_id)
+    return ended
 
 
 async def delete_channel(redis: Redis, prefix: str, channel_id: str) -> bool:

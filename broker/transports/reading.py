@@ -120,6 +120,8 @@ async def start_reading(
 ) -> Reading:
     subscriber = await ctx.hub.subscribe(channel_id, transport, terminal_only=terminal_only)
     try:
+        # A reader arriving at a channel whose writer died learns it now, not at the next tick.
+        await ctx.engine.expire_writers([channel_id])
         if terminal_only:
             first = await _terminal_position(ctx, channel_id, after, subscriber)
         else:
