@@ -57,6 +57,12 @@ class Settings:
     log_json: bool = False
     log_level: str = "info"
     shutdown_timeout: float = 10.0
+    # A connection must send a complete request head within header_timeout (slowloris), and an
+    # idle keep-alive connection is closed after keepalive_timeout. Streaming readers are in a
+    # request, so neither applies to them: heartbeats keep them alive.
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 0  # 0: as many as the open-files limit allows (less a reserve)
 
     def with_overrides(self, **values: Any) -> Settings:
         limit_names = {f.name for f in fields(Limits)}
@@ -107,6 +113,9 @@ _ENV_CASTS: dict[str, Any] = {
     "workers": int,
     "log_level": str,
     "shutdown_timeout": float,
+    "header_timeout": float,
+    "keepalive_timeout": float,
+    "max_connections": int,
     "idle_ttl": int,
     "retention": int,
     "max_messages": int,
