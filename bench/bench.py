@@ -102,6 +102,7 @@ def broker_process(engine: str, redis_url: str | None) -> Iterator[int]:
         os.environ,
         UNBROKEN_OPEN_RATE="100000",
         UNBROKEN_OPEN_BURST="100000",
+        UNBROKEN_MAX_OPEN_RATE="0",  # no broker-wide cap either: the figures are about speed
         UNBROKEN_MAX_PENDING_BYTES=str(64 * 1024 * 1024),
     )
     process = subprocess.Popen(command, cwd=ROOT, env=env)

@@ -1,9 +1,9 @@
-"""The channel API: open, write, end, error, status, delete, list, health."""
+"""The channel API: open, write, end, error, status, delete, list."""
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
 import secrets
 from typing import Any
@@ -12,14 +12,22 @@ from aiohttp import web
 
 from broker import metrics
 from broker.auth import authorize_admin, authorize_channel, authorize_open
+from broker.config import MAX_WRITER_TIMEOUT, MIN_WRITER_TIMEOUT, valid_writer_timeout
 from broker.context import BrokerContext, context_of
-from broker.engine.base import ChannelInfo
+from broker.engine.base import MAX_BATCH_EVENTS, MAX_CANCEL_REASON, ChannelInfo
 from broker.errors import ApiError
 from broker.events import EventType, dumps, pack
+from broker.vocabulary import TRANSPORTS
 
-CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-WRITER_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Names are matched with fullmatch: `$` would let a trailing "\n" through.
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+WRITER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# Idempotency keys are stored as writers under a prefix no writer id can take ('#' is outside
+# WRITER_ID), so a client naming its writer "key:abc" cannot collide with `Idempotency-Key: abc`.
+IDEMPOTENCY_NAMESPACE = "key#"
 MAX_SEQ = 2**53  # stays exact in JavaScript numbers
+MAX_BATCH = MAX_BATCH_EVENTS  # messages per request: one append is one Redis call
+MAX_DEPTH = 64  # nesting of arrays and objects in a body; JSON readers recurse
 
 
 def public_url(request: web.Request) -> str:
@@ -43,19 +51,74 @@ def channel_urls(base: str, channel_id: str) -> dict[str, str]:
     }
 
 
+def valid_name(pattern: re.Pattern[str], value: object) -> bool:
+    """A whole-string match that is not only dots ("." and ".." read as paths in URLs)."""
+    return (
+        isinstance(value, str) and pattern.fullmatch(value) is not None and value.strip(".") != ""
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return value
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when arrays/objects nest deeper than `limit` (iterative: no recursion to blow)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity (JSON has none; readers choke on them), no number that
+    overflows a double, at most MAX_DEPTH levels of nesting. Raises ApiError 400 invalid_json."""
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise ApiError(400, "invalid_json", "The body is nested too deeply.") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from exc
+    # Fewer brackets than the limit cannot nest past it: most bodies skip the walk.
+    if (
+        isinstance(value, (dict, list))
+        and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+        and _too_deep(value, MAX_DEPTH)
+    ):
+        raise ApiError(
+            400, "invalid_json", f"The body is nested too deeply (at most {MAX_DEPTH} levels)."
+        )
+    return value
+
+
 async def json_body(request: web.Request, *, required: bool) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         if required:
             raise ApiError(400, "invalid_body", "The request needs a JSON object body.")
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from exc
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object.")
     return body
+
+
+async def body_size(request: web.Request) -> int:
+    """Bytes actually read: Content-Length is absent with chunked transfer encoding."""
+    return len(await request.read())  # cached by aiohttp after the first read
 
 
 def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
@@ -68,7 +131,8 @@ def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
         "messages": info.messages,
         "last_event_id": info.last_event_id,
         "expires_in": info.ttl,
-        "subscribers": {t: counts.get(t, 0) for t in ("sse", "chunked", "ws", "poll")},
+        "writer_timeout": info.writer_timeout,
+        "subscribers": {t: counts.get(t, 0) for t in TRANSPORTS},
     }
 
 
@@ -79,13 +143,23 @@ async def open_channel(request: web.Request) -> web.Response:
     name = body.get("name")
     if name is None:
         channel_id = "ch_" + secrets.token_urlsafe(16)
-    elif not isinstance(name, str) or not CHANNEL_NAME.match(name):
+    elif not valid_name(CHANNEL_NAME, name):
         raise ApiError(
-            400, "invalid_name", "A channel name is 1-128 characters of A-Z a-z 0-9 _ . : -"
+            400,
+            "invalid_name",
+            "A channel name is 1-128 characters of A-Z a-z 0-9 _ . : -, not only dots.",
         )
     else:
         channel_id = name
-    await ctx.engine.create(channel_id)
+    writer_timeout = body.get("writer_timeout", ctx.settings.writer_timeout)
+    if not valid_writer_timeout(writer_timeout):
+        raise ApiError(
+            400,
+            "invalid_writer_timeout",
+            f"writer_timeout is whole seconds: 0 (no writer lease) or {MIN_WRITER_TIMEOUT} to "
+            f"{MAX_WRITER_TIMEOUT}.",
+        )
+    await ctx.engine.create(channel_id, writer_timeout=writer_timeout)
     metrics.count_opened(request)
     base = public_url(request)
     ttl = ctx.settings.token_ttl
@@ -99,7 +173,9 @@ async def open_channel(request: web.Request) -> web.Response:
             "broker": base,
             "channel": channel_id,
             "token": write_token,
+            "writer_timeout": writer_timeout,
         },
+        "writer_timeout": writer_timeout,
         "expires_in": ctx.settings.limits.idle_ttl,
         "heartbeat": ctx.settings.heartbeat,
         "urls": channel_urls(base, channel_id),
@@ -111,10 +187,21 @@ async def channel_status(request: web.Request) -> web.Response:
     ctx = context_of(request)
     channel_id = request.match_info["channel_id"]
     authorize_channel(request, channel_id, "read")
+    # A status must not show a channel open whose writer's lease ran out.
+    await ctx.engine.expire_writers([channel_id])
     info = await ctx.engine.info(channel_id)
     if info is None:
         raise gone_or_missing(request, channel_id)
     return web.json_response(info_json(ctx, info))
+
+
+async def writer_heartbeat(request: web.Request) -> web.Response:
+    """The writer is alive but has nothing to write yet: renew its lease (see writer_timeout)."""
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "write")
+    await ctx.engine.heartbeat(channel_id)
+    return web.Response(status=204)
 
 
 async def delete_channel(request: web.Request) -> web.Response:
@@ -137,15 +224,6 @@ async def list_channels(request: web.Request) -> web.Response:
     return web.json_response({"channels": [info_json(ctx, info) for info in infos]})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    ctx = context_of(request)
-    status = "draining" if ctx.draining else "ok"
-    return web.json_response(
-        {"status": status, "engine": ctx.engine.name, "pid": os.getpid()},
-        status=503 if ctx.draining else 200,
-    )
-
-
 def gone_or_missing(request: web.Request, channel_id: str) -> ApiError:
     # A valid channel token proves the channel existed, so its absence means it expired or was
     # deleted; only admin requests can ask about ids that never existed.
@@ -166,23 +244,21 @@ def _writer_and_seq(request: web.Request, body: dict[str, Any]) -> tuple[str | N
             raise ApiError(
                 400, "invalid_idempotency_key", "Idempotency-Key must be 1-200 characters."
             )
-        return "key:" + key, 1
+        return IDEMPOTENCY_NAMESPACE + key, 1
     if writer is None and seq_raw is None:
         return None, None
-    if not isinstance(writer, str) or not WRITER_ID.match(writer):
+    if not valid_name(WRITER_ID, writer):
         raise ApiError(
             400,
             "invalid_writer",
             "writer must be 1-128 characters of A-Z a-z 0-9 _ . : - with a seq.",
         )
-    try:
-        seq = (
-            int(seq_raw)
-            if isinstance(seq_raw, (int, float, str)) and not isinstance(seq_raw, bool)
-            else -1
-        )
-    except (TypeError, ValueError):
-        seq = -1
+    seq = -1
+    if isinstance(seq_raw, str):
+        # ASCII digits only: int() also reads Arabic-Indic digits and " 7_0 ".
+        seq = int(seq_raw) if seq_raw.isascii() and seq_raw.isdigit() and len(seq_raw) < 20 else -1
+    elif isinstance(seq_raw, (int, float)) and not isinstance(seq_raw, bool):
+        seq = int(seq_raw)  # floats are finite here: the JSON parser refuses the others
     if not 1 <= seq <= MAX_SEQ or (isinstance(seq_raw, float) and not seq_raw.is_integer()):
         raise ApiError(
             400,
@@ -224,11 +300,17 @@ async def write_messages(request: web.Request) -> web.Response:
     channel_id = request.match_info["channel_id"]
     authorize_channel(request, channel_id, "write")
     body = await json_body(request, required=True)
-    size = request.content_length or 0
+    size = await body_size(request)
     if "messages" in body:
         messages = body["messages"]
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "invalid_body", "'messages' must be a non-empty array.")
+        if len(messages) > MAX_BATCH:
+            raise ApiError(
+                400,
+                "too_many_messages",
+                f"At most {MAX_BATCH} messages per request; send the rest in another.",
+            )
         items: list[tuple[EventType, bytes]] = [
             ("message", _encode(ctx, m, size)) for m in messages
         ]
@@ -244,7 +326,7 @@ async def end_channel(request: web.Request) -> web.Response:
     channel_id = request.match_info["channel_id"]
     authorize_channel(request, channel_id, "write")
     body = await json_body(request, required=False)
-    payload = _encode(ctx, body.get("data"), request.content_length or 0)
+    payload = _encode(ctx, body.get("data"), await body_size(request))
     return await _append(request, [("end", payload)], body)
 
 
@@ -254,8 +336,28 @@ async def error_channel(request: web.Request) -> web.Response:
     authorize_channel(request, channel_id, "write")
     body = await json_body(request, required=False)
     data = body.get("data", {"message": "The backend reported an error."})
-    payload = _encode(ctx, data, request.content_length or 0)
+    payload = _encode(ctx, data, await body_size(request))
     return await _append(request, [("error", payload)], body)
+
+
+async def cancel_channel(request: web.Request) -> web.Response:
+    """Stop generation: any reader may cancel (the read token suffices), so may the writer."""
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "read")
+    body = await json_body(request, required=False)
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_CANCEL_REASON):
+        raise ApiError(
+            400,
+            "invalid_reason",
+            f"reason must be a string of at most {MAX_CANCEL_REASON} characters, or absent.",
+        )
+    result = await ctx.engine.cancel(channel_id, reason)
+    return web.json_response(
+        {"ids": result.ids, "duplicate": result.duplicate, "last_event_id": result.last_event_id},
+        status=200 if result.duplicate else 201,
+    )
 
 
 async def inspect_channel(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from broker import api, ops
+from broker import api, health, ops
 from broker.config import Settings
 from broker.context import CONTEXT, BrokerContext, OpenRateLimiter
 from broker.engine.base import Engine
@@ -26,7 +26,26 @@ CORS_HEADERS = {
         "Authorization, Content-Type, Last-Event-ID, Idempotency-Key, Unbroken-Writer, Unbroken-Seq"
     ),
     "Access-Control-Max-Age": "86400",
+    "Access-Control-Expose-Headers": "Unbroken-Heartbeat",
 }
+# Cross-origin access is for the public channel API only. Admin data (listing, inspect, stats,
+# metrics, read-token minting) gets no CORS headers and no preflight, so a web page the operator
+# happens to open cannot read it with the operator's network position or credentials.
+CORS_PATHS = ("/healthz", "/readyz", "/openapi.json")
+
+
+def cors_allowed(method: str, path: str) -> bool:
+    if path.startswith("/v1/channels/"):
+        return True
+    if path == "/v1/channels":
+        return method == "POST"  # GET /v1/channels is the admin listing
+    return path in CORS_PATHS
+
+
+def _cors_method(request: web.Request) -> str:
+    if request.method == "OPTIONS":
+        return request.headers.get("Access-Control-Request-Method", "OPTIONS").upper()
+    return request.method
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -53,29 +72,45 @@ async def _preflight(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     # Answered before routing, so unknown paths still get 404 for other methods.
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+    if (
+        request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+        and cors_allowed(_cors_method(request), request.path)
+    ):
         return web.Response(status=204)
     return await handler(request)
 
 
 async def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
+    if not cors_allowed(_cors_method(request), request.path):
+        return
     for name, value in CORS_HEADERS.items():
         response.headers.setdefault(name, value)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     settings.validate()
+    if settings.admin_open:
+        log.warning(
+            "admin routes are open (--admin-open): anyone who can reach this port can list "
+            "channels, read metrics and mint read tokens; use it for local development only"
+        )
     app = web.Application(
         middlewares=[_preflight, error_middleware], client_max_size=settings.max_body_bytes
     )
     engine = engine or create_engine(settings)
-    hub = Hub(engine, settings.max_pending_bytes)
+    hub = Hub(engine, settings.max_pending_bytes, settings.heartbeat)
     app[CONTEXT] = BrokerContext(
         settings=settings,
         engine=engine,
         hub=hub,
         keys=key_ring(settings),
         open_limiter=OpenRateLimiter(settings.open_rate, settings.open_burst),
+        global_open_limiter=OpenRateLimiter(
+            settings.max_open_rate, max(1, int(settings.max_open_rate))
+        )
+        if settings.max_open_rate > 0
+        else None,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -95,7 +130,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
     app.on_response_prepare.append(_add_cors)
     app.router.add_routes(
         [
-            web.get("/healthz", api.healthz),
             web.post("/v1/channels", api.open_channel),
             web.get("/v1/channels", api.list_channels),
             web.get("/v1/channels/{channel_id}", api.channel_status),
@@ -104,11 +138,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.post("/v1/channels/{channel_id}/messages", api.write_messages),
             web.post("/v1/channels/{channel_id}/end", api.end_channel),
             web.post("/v1/channels/{channel_id}/error", api.error_channel),
+            web.post("/v1/channels/{channel_id}/cancel", api.cancel_channel),
+            web.post("/v1/channels/{channel_id}/heartbeat", api.writer_heartbeat),
             web.get("/v1/channels/{channel_id}/events", sse.events, allow_head=False),
             web.get("/v1/channels/{channel_id}/stream", sse.stream, allow_head=False),
             web.get("/v1/channels/{channel_id}/ws", ws.websocket, allow_head=False),
             web.get("/v1/channels/{channel_id}/poll", poll.poll, allow_head=False),
         ]
     )
+    health.setup(app, engine)  # /healthz, /readyz
     ops.setup(app)  # /metrics, /openapi.json, /dashboard, admin stats; counts HTTP errors
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 
 from aiohttp import web
 
@@ -43,32 +44,57 @@ def authorize_channel(request: web.Request, channel_id: str, scope: Scope) -> Cl
         raise ApiError(exc.status, exc.code, exc.message) from exc
 
 
-LOOPBACK = ("127.", "::1", "::ffff:127.")
-
-
 def authorize_admin(request: web.Request) -> None:
-    """Admin routes need the admin token; without one configured, only loopback clients pass."""
+    """Admin routes need the admin token; only an explicit `--admin-open` (local development)
+    lets requests in without it. Being on loopback proves nothing: a reverse proxy on the same
+    host, or a web page in the operator's browser, also connects from 127.0.0.1."""
     ctx = context_of(request)
+    token = bearer_token(request)
+    if is_admin(ctx, token) or ctx.settings.admin_open:
+        return
     if not ctx.settings.admin_token:
-        if (request.remote or "").startswith(LOOPBACK):
-            return
         raise ApiError(
             403,
             "admin_disabled",
-            "Admin routes answer only loopback clients until UNBROKEN_ADMIN_TOKEN is set.",
+            "Admin routes are disabled until the broker has an admin token "
+            "(UNBROKEN_ADMIN_TOKEN or --admin-token-file; --admin-open for local development).",
         )
-    token = bearer_token(request)
     if token is None:
         raise ApiError(
             401, "token_missing", "This route needs the admin token (UNBROKEN_ADMIN_TOKEN)."
         )
-    if not is_admin(ctx, token):
-        raise ApiError(403, "admin_token_invalid", "The admin token is wrong.")
+    raise ApiError(403, "admin_token_invalid", "The admin token is wrong.")
 
 
 def authorize_open(request: web.Request) -> None:
-    """Apply the open policy: an app key, or a per-address rate limit."""
+    """Apply the open policy (an app key, or a per-address rate limit), then the broker-wide
+    caps that hold whatever the policy: opens per second and channels held in memory."""
     ctx = context_of(request)
+    _open_policy(ctx, request)
+    if ctx.global_open_limiter is not None:
+        wait = ctx.global_open_limiter.retry_after("*")
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"The broker is opening its maximum of {ctx.settings.max_open_rate:g} channels "
+                f"per second; retry in {wait:.1f} s.",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+    held = ctx.engine.held_channels()
+    if ctx.settings.max_channels > 0 and held is not None and held >= ctx.settings.max_channels:
+        raise ApiError(
+            503,
+            "too_many_channels",
+            f"The broker holds its maximum of {ctx.settings.max_channels} channels; retry later.",
+            headers={"Retry-After": str(TOO_MANY_CHANNELS_RETRY)},
+        )
+
+
+TOO_MANY_CHANNELS_RETRY = 30  # seconds; channels free up as they end, expire or are deleted
+
+
+def _open_policy(ctx: BrokerContext, request: web.Request) -> None:
     if ctx.settings.open_policy == "key":
         token = bearer_token(request)
         if token is None:

@@ -44,6 +44,8 @@ class BrokerContext:
     hub: Hub
     keys: KeyRing
     open_limiter: OpenRateLimiter
+    # One bucket for all addresses together (key "*"), one second of burst; None: no cap.
+    global_open_limiter: OpenRateLimiter | None = None
     started_at: float = field(default_factory=time.time)
     draining: bool = False  # set on shutdown: refuse new readers, tell current ones to reconnect
 

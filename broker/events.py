@@ -12,18 +12,37 @@ from typing import Any, Final, Literal
 
 import msgpack
 
-EventType = Literal["message", "end", "error"]
-TERMINAL_TYPES: Final = frozenset({"end", "error"})
+from broker.vocabulary import TERMINAL_EVENT_TYPES
 
-_EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+# `cancelled` is appended only by a cancel (a reader pressed Stop), never by a writer.
+EventType = Literal["message", "end", "error", "cancelled"]
+TERMINAL_TYPES: Final = frozenset(TERMINAL_EVENT_TYPES)
+
+# ASCII digits only (`\d` also matches other scripts' digits), anchored with `\Z` (`$` also
+# matches before a final "\n"), each part a Redis stream id half: an unsigned 64-bit integer.
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})\Z")
+_U64_MAX: Final = 2**64 - 1
 
 
 def parse_event_id(value: str) -> tuple[int, int]:
-    """Split a `<ms>-<seq>` id into a sortable tuple; ValueError when malformed."""
+    """Split a `<ms>-<seq>` id into a sortable tuple; ValueError when malformed.
+
+    The largest id (both halves 2^64-1) is refused too: nothing can come after it, and Redis
+    refuses it as an exclusive range start.
+    """
     match = _EVENT_ID.match(value)
     if match is None:
         raise ValueError(f"not an event id: {value!r}")
-    return int(match.group(1)), int(match.group(2))
+    key = int(match.group(1)), int(match.group(2))
+    if key[0] > _U64_MAX or key[1] > _U64_MAX or key == (_U64_MAX, _U64_MAX):
+        raise ValueError(f"event id out of range: {value!r}")
+    return key
+
+
+def id_before(event_id: str) -> str:
+    """The greatest possible id below `event_id`: reading after it starts at `event_id`."""
+    ms, seq = parse_event_id(event_id)
+    return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{2**64 - 1}"
 
 
 def pack(value: Any) -> bytes:
@@ -46,7 +65,15 @@ class Event:
     """One stored event, with lazily built and cached wire encodings."""
 
     __slots__ = (
-        "_data_json", "_sse", "_sse_chunk", "_ws", "_ws_frame", "id", "key", "payload", "type",
+        "_data_json",
+        "_sse",
+        "_sse_chunk",
+        "_ws",
+        "_ws_frame",
+        "id",
+        "key",
+        "payload",
+        "type",
     )
 
     def __init__(self, id: str, type: EventType, payload: bytes) -> None:

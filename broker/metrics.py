@@ -6,20 +6,17 @@ collide on metrics. Two kinds of metrics:
 - counters incremented where things happen, through the `count_*` functions below (called with
   the request, since the metrics live on the app);
 - values read at scrape time from state the broker keeps anyway (subscribers, the hub's
-  `delivered`/`slow_consumers`/`relayed` counters, the Redis relay's reconnects), so the hot
+  `delivered`/`slow_consumers`/`relayed` counters, the engine's `stats()`), so the hot
   fan-out path pays nothing for them.
 
-Engine latency is measured by wrapping the engine's methods (and, for the Redis engine, its
-client's `execute_command`) once at start-up instead of editing every call site.
+Engine latency is reported by the engine itself to the observer given to `Engine.observe()`
+(its operations, and on Redis each command); engine state comes from `Engine.stats()`.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable, Iterator
-from functools import wraps
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
@@ -27,16 +24,26 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from broker.context import BrokerContext
+from broker.vocabulary import CHANNEL_STATES, TRANSPORT_OF_ENDPOINT, TRANSPORTS
 
-TRANSPORTS = ("sse", "chunked", "ws", "poll")
 # Last path segment of a reader route -> transport name used in metrics and logs.
-READER_SEGMENTS = {"events": "sse", "stream": "chunked", "ws": "ws", "poll": "poll"}
-ENGINE_OPERATIONS = (
-    "create", "append", "read", "info", "delete", "channels", "watch", "unwatch", "exists_many",
-)
+READER_SEGMENTS = TRANSPORT_OF_ENDPOINT
 # Engine calls are sub-millisecond in memory and around a millisecond on a nearby Redis.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 
 
@@ -51,7 +58,8 @@ class Metrics:
         self.messages_written = Counter(
             "unbroken_messages_written",
             "Events appended through this broker's HTTP write API (duplicates excluded), by type.",
-            ["type"], registry=r,
+            ["type"],
+            registry=r,
         )
         self.write_duplicates = Counter(
             "unbroken_write_duplicates",
@@ -59,29 +67,37 @@ class Metrics:
             registry=r,
         )
         self.reader_requests = Counter(
-            "unbroken_reader_requests", "Read requests accepted, by transport.", ["transport"],
+            "unbroken_reader_requests",
+            "Read requests accepted, by transport.",
+            ["transport"],
             registry=r,
         )
         self.resumes = Counter(
             "unbroken_resumes",
             "Read requests that sent a last event id (reconnects and resumes; for long-poll, "
             "every poll after the first), by transport.",
-            ["transport"], registry=r,
+            ["transport"],
+            registry=r,
         )
         self.http_errors = Counter(
             "unbroken_http_errors",
             "Error responses, by HTTP status and the error code of the JSON body.",
-            ["status", "code"], registry=r,
+            ["status", "code"],
+            registry=r,
         )
         self.engine_seconds = Histogram(
             "unbroken_engine_operation_seconds",
             "Latency of storage engine operations, by engine and operation.",
-            ["engine", "operation"], buckets=LATENCY_BUCKETS, registry=r,
+            ["engine", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.redis_seconds = Histogram(
             "unbroken_redis_command_seconds",
-            "Latency of Redis commands sent by the engine (not the pub/sub relay), by command.",
-            ["command"], buckets=LATENCY_BUCKETS, registry=r,
+            "Latency of Redis commands sent by the engine (not its live feed), by command.",
+            ["command"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         # Series that exist from the start, so rate() and dashboards see 0 rather than nothing.
         for transport in TRANSPORTS:
@@ -115,7 +131,8 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         hub, engine = self.ctx.hub, self.ctx.engine
         subscribers = GaugeMetricFamily(
-            "unbroken_subscribers", "Connected readers of this process, by transport.",
+            "unbroken_subscribers",
+            "Connected readers of this process, by transport.",
             labels=["transport"],
         )
         counts = hub.counts()
@@ -123,22 +140,24 @@ class _StateCollector(Collector):
             subscribers.add_metric([transport], counts.get(transport, 0))
         yield subscribers
         yield GaugeMetricFamily(
-            "unbroken_watched_channels", "Channels with at least one reader on this process.",
+            "unbroken_watched_channels",
+            "Channels with at least one reader on this process.",
             value=hub.channel_count,
         )
         yield CounterMetricFamily(
-            "unbroken_messages_delivered", "Events handed to readers (one per event per reader).",
+            "unbroken_messages_delivered",
+            "Events handed to readers (one per event per reader).",
             value=hub.delivered,
         )
         relayed = CounterMetricFamily(
             "unbroken_events_relayed",
             "Events the engine delivered for channels with readers here, counted once whoever "
-            "wrote them (HTTP API or a worker writing to Redis), by type; end + error = channels "
-            "seen ending.",
+            "wrote them (HTTP API or a worker writing to Redis), by type; end + error + cancelled "
+            "= channels seen ending.",
             labels=["type"],
         )
         relayed_counts = getattr(hub, "relayed", {})
-        for event_type in ("message", "end", "error"):
+        for event_type in ("message", "end", "error", "cancelled"):
             relayed.add_metric([event_type], relayed_counts.get(event_type, 0))
         yield relayed
         yield CounterMetricFamily(
@@ -147,33 +166,35 @@ class _StateCollector(Collector):
             value=hub.slow_consumers,
         )
         yield GaugeMetricFamily(
-            "unbroken_draining", "1 while the broker is shutting down.",
+            "unbroken_draining",
+            "1 while the broker is shutting down.",
             value=int(self.ctx.draining),
         )
         yield GaugeMetricFamily(
-            "unbroken_start_time_seconds", "When this broker process started (Unix time).",
+            "unbroken_start_time_seconds",
+            "When this broker process started (Unix time).",
             value=self.ctx.started_at,
         )
-        if engine.name == "memory":
-            yield _memory_channels(engine)
-        reconnects = getattr(engine, "reconnects", None)
-        if isinstance(reconnects, int):
-            yield CounterMetricFamily(
-                "unbroken_redis_reconnects", "Reconnections of the Redis pub/sub relay.",
-                value=reconnects,
+        stats = engine.stats()
+        # Only an engine that can count its channels for free (the memory engine: a dict in
+        # this process) reports them; on Redis that would be a scan per scrape, so there the
+        # opened/relayed counters and redis-cli serve.
+        states = {k[len("channels_") :]: v for k, v in stats.items() if k.startswith("channels_")}
+        if states:
+            family = GaugeMetricFamily(
+                "unbroken_channels",
+                "Channels stored (memory engine only), by state.",
+                labels=["state"],
             )
-
-
-def _memory_channels(engine: Any) -> Metric:
-    # Only the memory engine can count its channels for free (a dict in this process); on Redis
-    # that would be a scan per scrape, so there the opened/relayed counters and redis-cli serve.
-    family = GaugeMetricFamily(
-        "unbroken_channels", "Channels stored (memory engine only), by state.", labels=["state"]
-    )
-    states = [channel.state for channel in getattr(engine, "_channels", {}).values()]
-    for state in ("open", "ended"):
-        family.add_metric([state], states.count(state))
-    return family
+            for state in dict.fromkeys([*CHANNEL_STATES, *states]):
+                family.add_metric([state], states.get(state, 0))
+            yield family
+        if "feed_reconnects" in stats:
+            yield CounterMetricFamily(
+                "unbroken_redis_reconnects",
+                "Reconnections of the Redis live feed.",
+                value=stats["feed_reconnects"],
+            )
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("unbroken_metrics", Metrics)
@@ -181,45 +202,23 @@ METRICS: web.AppKey[Metrics] = web.AppKey("unbroken_metrics", Metrics)
 
 def install(app: web.Application, ctx: BrokerContext) -> Metrics:
     metrics = app[METRICS] = Metrics(ctx)
-    _time_engine(metrics, ctx)
+    ctx.engine.observe(_EngineLatency(metrics))
     # Outermost, so it sees the final response of every route, including unknown paths.
     app.middlewares.insert(0, _error_counter)
     return metrics
 
 
-def _time_engine(metrics: Metrics, ctx: BrokerContext) -> None:
-    engine = ctx.engine
-    for operation in ENGINE_OPERATIONS:
-        histogram = metrics.engine_seconds.labels(engine.name, operation)
-        setattr(engine, operation, _timed(getattr(engine, operation), histogram))
-    client = getattr(engine, "redis", None)
-    if client is not None and hasattr(client, "execute_command"):
-        # Every command of redis-py's client (including EVALSHA of the Lua scripts) goes
-        # through execute_command; an instance attribute overrides the class's method.
-        execute = client.execute_command
+class _EngineLatency:
+    """The engine's observer: operation and command latencies into the histograms."""
 
-        @wraps(execute)
-        async def timed_execute(*args: Any, **options: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return await execute(*args, **options)
-            finally:
-                name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
-                metrics.redis_seconds.labels(name.upper()).observe(time.perf_counter() - start)
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
-        client.execute_command = timed_execute
+    def operation(self, engine: str, name: str, seconds: float) -> None:
+        self.metrics.engine_seconds.labels(engine, name).observe(seconds)
 
-
-def _timed(method: Callable[..., Awaitable[Any]], histogram: Any) -> Callable[..., Awaitable[Any]]:
-    @wraps(method)
-    async def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return await method(*args, **kwargs)
-        finally:
-            histogram.observe(time.perf_counter() - start)
-
-    return timed
+    def command(self, name: str, seconds: float) -> None:
+        self.metrics.redis_seconds.labels(name).observe(seconds)
 
 
 def _metrics(request: web.Request) -> Metrics | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.vocabulary import CHANNEL_STATES, TERMINAL_EVENT_TYPES, TRANSPORTS
+
 JSON = "application/json"
 SSE = "text/event-stream"
 
@@ -35,17 +37,28 @@ BOOL: Schema = {"type": "boolean"}
 ANY: Schema = {"description": "any JSON value, null included"}
 NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 EVENT_ID: Schema = {"type": "string", "pattern": r"^\d+-\d+$", "description": "opaque, increasing"}
-SUBSCRIBERS: Schema = _obj({t: INT for t in ("sse", "chunked", "ws", "poll")})
+SUBSCRIBERS: Schema = _obj({t: INT for t in TRANSPORTS})
+
+WRITER_TIMEOUT: Schema = {
+    "type": "integer",
+    "description": "seconds of the writer lease: 0 (none) or 5 to 86400",
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": _obj({"code": STRING, "message": STRING})},
     ),
     "Health": _obj(
-        {"status": {"enum": ["ok", "draining"]}, "engine": {"enum": ["memory", "redis"]}}
+        {
+            "status": {"enum": ["ok", "degraded", "draining"]},
+            "engine": {"enum": ["memory", "redis"]},
+            "engine_ok": BOOL,
+        },
+        {"pid": INT},
     ),
     "ChannelToken": _obj(
-        {"unbroken": {"const": 1}, "broker": STRING, "channel": STRING, "token": STRING}
+        {"unbroken": {"const": 1}, "broker": STRING, "channel": STRING, "token": STRING},
+        {"writer_timeout": WRITER_TIMEOUT},
     ),
     "Opened": _obj(
         {
@@ -53,6 +66,7 @@ SCHEMAS: dict[str, Schema] = {
             "state": {"const": "open"},
             "read_token": STRING,
             "channel_token": _ref("ChannelToken"),
+            "writer_timeout": WRITER_TIMEOUT,
             "expires_in": INT,
             "heartbeat": NUMBER,
             "urls": _obj({k: STRING for k in ("events", "stream", "ws", "poll", "messages")}),
@@ -61,17 +75,26 @@ SCHEMAS: dict[str, Schema] = {
     "ChannelStatus": _obj(
         {
             "id": STRING,
-            "state": {"enum": ["open", "ended"]},
+            "state": {"enum": list(CHANNEL_STATES)},
             "created_at": {"type": "integer", "description": "ms since the epoch"},
             "updated_at": INT,
             "messages": {"type": "integer", "description": "events ever appended"},
             "last_event_id": NULLABLE_STRING,
             "subscribers": SUBSCRIBERS,
         },
-        {"expires_in": {"type": "integer", "description": "seconds until expiry, -1 unknown"}},
+        {
+            "expires_in": {"type": "integer", "description": "seconds until expiry, -1 unknown"},
+            "writer_timeout": WRITER_TIMEOUT,
+        },
     ),
     "ChannelList": _obj({"channels": {"type": "array", "items": _ref("ChannelStatus")}}),
-    "Event": _obj({"id": EVENT_ID, "type": {"enum": ["message", "end", "error"]}, "data": ANY}),
+    "Event": _obj(
+        {"id": EVENT_ID, "type": {"enum": ["message", *TERMINAL_EVENT_TYPES]}, "data": ANY}
+    ),
+    "CancelBody": {
+        "type": "object",
+        "properties": {"reason": {"type": ["string", "null"], "maxLength": 200}},
+    },
     "Inspection": {
         "allOf": [
             _ref("ChannelStatus"),
@@ -126,8 +149,8 @@ _ERROR_TEXT = {
     409: "Conflict",
     410: "The channel expired or was deleted",
     413: "Too large",
-    429: "Too many channels opened from this address",
-    503: "The broker is shutting down; reconnect to another",
+    429: "Too many channels opened (from this address, or broker-wide)",
+    503: "Unavailable: shutting down, storage unreachable, or at capacity; see Retry-After",
 }
 
 
@@ -157,10 +180,12 @@ ADMIN_ERRORS = ((401, "token_missing"), (403, "admin_token_invalid"), (403, "adm
 WRITE_ERRORS = (
     *TOKEN_ERRORS, (403, "token_wrong_scope"), (400, "invalid_json"), (400, "invalid_body"),
     (400, "invalid_writer"), (400, "invalid_seq"), (400, "invalid_idempotency_key"),
-    (409, "channel_ended"), (410, "channel_gone"), (413, "message_too_large"),
+    (400, "too_many_messages"),
+    (409, "channel_ended"), (409, "channel_cancelled"), (410, "channel_gone"),
+    (413, "message_too_large"),
 )
 READ_ERRORS = (
-    *TOKEN_ERRORS, (400, "invalid_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
+    *TOKEN_ERRORS, (400, "bad_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
 )
 
 CHANNEL_ID = {
@@ -181,6 +206,14 @@ MAX_DURATION = {
     "schema": {"type": "number", "minimum": 1, "maximum": 86400},
     "description": "Close after this many seconds, with a `reconnect` event first.",
 }
+ONLY = {
+    "name": "only",
+    "in": "query",
+    "required": False,
+    "schema": {"enum": ["terminal"]},
+    "description": "`terminal`: only end/error/cancelled and heartbeats, from the channel's "
+    "current end (no replay): how a writer learns of a cancel over HTTP.",
+}
 IDEMPOTENCY = [
     {"name": "Idempotency-Key", "in": "header", "required": False, "schema": STRING},
     {"name": "Unbroken-Writer", "in": "header", "required": False, "schema": STRING},
@@ -191,12 +224,14 @@ CHANNEL_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}]
 ADMIN_AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"queryToken": []}, {}]
 
 
-def _stream(summary: str, description: str) -> dict[str, Any]:
+def _stream(
+    summary: str, description: str, *extra: Schema, errors: tuple[tuple[int, str], ...] = ()
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "description": description,
         "security": CHANNEL_AUTH,
-        "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME, MAX_DURATION],
+        "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME, MAX_DURATION, *extra],
         "responses": {
             "200": {
                 "description": "Events in SSE framing: `id`/`event`/`data` lines, `: hb` "
@@ -204,7 +239,7 @@ def _stream(summary: str, description: str) -> dict[str, Any]:
                 "content": {SSE: {"schema": STRING}},
             },
             "204": {"description": "The channel ended and nothing follows the reader's position."},
-            **_errors(*READ_ERRORS, (400, "invalid_max_duration")),
+            **_errors(*READ_ERRORS, (400, "invalid_max_duration"), *errors),
         },
     }
 
@@ -246,8 +281,23 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Liveness and engine",
             "security": [],
             "responses": {
-                "200": _json("Serving.", _ref("Health")),
+                "200": _json(
+                    "Serving; `engine_ok` false (`status: degraded`) while the engine's "
+                    "storage is unreachable.",
+                    _ref("Health"),
+                ),
                 "503": _json("Draining for shutdown (`status: draining`).", _ref("Health")),
+            },
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: serving and the engine's storage reachable",
+            "description": "The engine is probed with one PING (0.5 s timeout), cached for 1 s.",
+            "security": [],
+            "responses": {
+                "200": _json("Ready for traffic.", _ref("Health")),
+                "503": _json("Draining, or the engine is unreachable.", _ref("Health")),
             },
         }
     },
@@ -255,19 +305,29 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": {
             "summary": "Open a channel",
             "description": "Under the `key` open policy send the app key as Bearer; under "
-            "`open`, opens are rate-limited per address (429 with Retry-After).",
+            "`open`, opens are rate-limited per address (429 with Retry-After). Broker-wide caps "
+            "hold under both: opens per second (429 `rate_limited`) and, on the memory engine, "
+            "channels held (503 `too_many_channels`).",
             "security": [{"bearer": []}, {}],
             "requestBody": {
                 "required": False,
                 "content": {JSON: {"schema": {"type": "object", "properties": {
-                    "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"}}}}},
+                    "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
+                    "writer_timeout": {
+                        **WRITER_TIMEOUT,
+                        "description": "the writer lease: 0 (none) or 5 to 86400 seconds; "
+                        "default the broker's --writer-timeout (60)",
+                    },
+                }}}},
             },
             "responses": {
                 "201": _json("The channel, its tokens and URLs.", _ref("Opened")),
                 **_errors(
                     (400, "invalid_name"), (400, "invalid_json"), (400, "invalid_body"),
-                    (401, "app_key_required"), (403, "app_key_invalid"),
+                    (400, "invalid_writer_timeout"), (401, "app_key_required"),
+                    (403, "app_key_invalid"),
                     (409, "channel_exists"), (429, "rate_limited"),
+                    (503, "too_many_channels"),
                 ),
             },
         },
@@ -316,8 +376,58 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/channels/{channel_id}/error": {
         "post": _write("End the channel with an error", "Appends the terminal `error` event."),
     },
+    "/v1/channels/{channel_id}/heartbeat": {
+        "post": {
+            "summary": "Writer heartbeat",
+            "description": "The writer is alive but has nothing to write yet: moves the writer "
+            "lease's deadline to now + writer_timeout (every write does too). A channel whose "
+            "writer neither writes nor heartbeats for writer_timeout ends with the `error` event "
+            "`{\"code\":\"writer_timeout\",…}`.",
+            "security": CHANNEL_AUTH,
+            "parameters": [CHANNEL_ID, TOKEN_QUERY],
+            "responses": {
+                "204": {"description": "Lease renewed."},
+                **_errors(
+                    *TOKEN_ERRORS,
+                    (403, "token_wrong_scope"),
+                    (409, "channel_ended"),
+                    (409, "channel_cancelled"),
+                    (410, "channel_gone"),
+                ),
+            },
+        },
+    },
+    "/v1/channels/{channel_id}/cancel": {
+        "post": {
+            "summary": "Cancel the channel (stop generation)",
+            "description": "Appends the terminal `cancelled` event with data `{\"reason\": …}` "
+            "and makes the state `cancelled`; writes then get 409 `channel_cancelled`. The read "
+            "token suffices (a Stop button); the write token or the admin token work too.",
+            "security": CHANNEL_AUTH,
+            "parameters": [CHANNEL_ID, TOKEN_QUERY],
+            "requestBody": {"required": False, "content": {JSON: {"schema": _ref("CancelBody")}}},
+            "responses": {
+                "201": _json("Cancelled.", _ref("WriteResult")),
+                "200": _json("Already cancelled: nothing stored (`duplicate: true`).",
+                             _ref("WriteResult")),
+                **_errors(
+                    *TOKEN_ERRORS,
+                    (400, "invalid_json"),
+                    (400, "invalid_body"),
+                    (400, "invalid_reason"),
+                    (409, "channel_ended"),
+                    (410, "channel_gone"),
+                ),
+            },
+        },
+    },
     "/v1/channels/{channel_id}/events": {
-        "get": _stream("Read as Server-Sent Events", "For EventSource and SSE clients."),
+        "get": _stream(
+            "Read as Server-Sent Events",
+            "For EventSource and SSE clients.",
+            ONLY,
+            errors=((400, "invalid_only"),),
+        ),
     },
     "/v1/channels/{channel_id}/stream": {
         "get": _stream("Read as chunked HTTP", "SSE framing, default `max_duration` 50 s."),
@@ -412,6 +522,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})},
         }
     },
+    "/": {"get": _file("A page saying what this server is, with links", None)},
     "/dashboard": {"get": _file("The dashboard page", None)},
     "/dashboard/{path}": {"get": _file("A dashboard file (JS, CSS)", "path")},
     "/dashboard/sdk/{path}": {
@@ -429,7 +540,8 @@ def document(server_url: str) -> dict[str, Any]:
             "description": "Pub/sub channels with exact resume over SSE, chunked HTTP, "
             "WebSocket and long-poll. The wire format is specified in docs/protocol.md. "
             "Every error body is `{\"error\": {\"code\", \"message\"}}`; any route can also "
-            "answer 404 `not_found`, 405 `method_not_allowed` or 500 `internal_error`.",
+            "answer 404 `not_found`, 405 `method_not_allowed`, 500 `internal_error` or, while "
+            "the engine's storage is unreachable, 503 `engine_unavailable` with Retry-After.",
         },
         "servers": [{"url": server_url}],
         "paths": PATHS,

@@ -1,7 +1,7 @@
 """Operator routes: Prometheus metrics, the OpenAPI document, the dashboard and its JSON.
 
 `setup(app)` is called once by create_app. Everything here is for the people running the broker;
-all data routes go through authorize_admin (the admin token, or loopback-only without one).
+all data routes go through authorize_admin (the admin token; no token only under --admin-open).
 The dashboard's static files carry no data and are served to anyone: the page asks for the admin
 token when the data routes refuse it.
 """
@@ -20,6 +20,7 @@ from broker.auth import authorize_admin
 from broker.context import CONTEXT, context_of
 from broker.errors import ApiError
 from broker.openapi import document
+from broker.vocabulary import TRANSPORTS
 
 STATIC = Path(__file__).parent / "static" / "dashboard"
 # The JS SDK's ESM build (git-ignored; `npm run build` in client_sdk/js). The dashboard's channel
@@ -43,6 +44,7 @@ def setup(app: web.Application) -> None:
             web.get("/openapi.json", openapi),
             web.get("/v1/admin/stats", stats),
             web.post("/v1/admin/channels/{channel_id}/read-token", read_token),
+            web.get("/", index),
             web.get("/dashboard", dashboard_index),
             web.get("/dashboard/sdk/{path:.+}", dashboard_sdk),
             web.get("/dashboard/{path}", dashboard_file),
@@ -73,7 +75,7 @@ async def stats(request: web.Request) -> web.Response:
             "started_at": ctx.started_at,
             "engine": ctx.engine.name,
             "draining": ctx.draining,
-            "subscribers": {t: counts.get(t, 0) for t in metrics.TRANSPORTS},
+            "subscribers": {t: counts.get(t, 0) for t in TRANSPORTS},
             "watched_channels": ctx.hub.channel_count,
             "totals": request.app[metrics.METRICS].totals(),
         }
@@ -90,6 +92,11 @@ async def read_token(request: web.Request) -> web.Response:
         raise ApiError(404, "channel_not_found", f"There is no channel {channel_id}.")
     token = ctx.keys.sign(channel_id, "read", public_url(request), READ_TOKEN_TTL)
     return web.json_response({"token": token, "expires_in": READ_TOKEN_TTL})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """What this server is, with links: a new user's first request is often `GET /`."""
+    return _file(STATIC.parent, "index.html")
 
 
 async def dashboard_index(request: web.Request) -> web.StreamResponse:

@@ -9,12 +9,16 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 Scope = Literal["read", "write"]
+
+CLOCK_SKEW = 60  # seconds a token's `iat`/`nbf` may lie ahead of this host's clock
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class TokenError(Exception):
@@ -34,6 +38,7 @@ class Claims:
     url: str
     issued_at: int
     expires_at: int
+    not_before: int | None = None
 
 
 def _b64encode(raw: bytes) -> str:
@@ -41,7 +46,14 @@ def _b64encode(raw: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url without padding: one byte string has exactly one accepted spelling, so
+    a token cannot be altered (`==`, `!!`, stray bits in the last character) and still verify."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def _json_segment(text: str) -> dict[str, Any]:
@@ -74,6 +86,7 @@ def _claims_from(payload: Mapping[str, Any]) -> Claims:
         url=str(payload.get("url", "")),
         issued_at=int(payload["iat"]),
         expires_at=int(payload["exp"]),
+        not_before=int(payload["nbf"]) if "nbf" in payload else None,
     )
 
 
@@ -130,8 +143,13 @@ class KeyRing:
             raise TokenError(
                 "token_invalid", "The token is not a well-formed Unbroken token."
             ) from exc
-        if claims.expires_at <= (time.time() if now is None else now):
+        now = time.time() if now is None else now
+        if claims.expires_at <= now:
             raise TokenError("token_expired", "The token has expired; open a new channel.")
+        if claims.issued_at > now + CLOCK_SKEW:
+            raise TokenError("token_invalid", "The token claims to be issued in the future.")
+        if claims.not_before is not None and claims.not_before > now + CLOCK_SKEW:
+            raise TokenError("token_not_yet_valid", "The token is not valid yet (its nbf).")
         return claims
 
     def authorize(self, token: str, channel: str, scope: Scope) -> Claims:

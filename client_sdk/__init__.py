@@ -6,13 +6,22 @@
             print(data)
         print("final:", ch.end_data)
 
-`subscribe()` reads an existing channel; `iter_channel_sync()` does the same in plain scripts.
+`subscribe()` reads an existing channel, `attach()` rejoins one after a restart (`store=`),
+`channel.cancel()` stops its producer; `iter_channel_sync()` reads in plain scripts.
 """
 
 import logging
 
 from client_sdk.backoff import Backoff
-from client_sdk.channel import Channel, ChannelContext, create_channel, open_channel, subscribe
+from client_sdk.channel import (
+    Channel,
+    ChannelContext,
+    attach,
+    cancel_channel,
+    create_channel,
+    open_channel,
+    subscribe,
+)
 from client_sdk.errors import (
     BrokerError,
     ChannelErrorEvent,
@@ -25,6 +34,7 @@ from client_sdk.errors import (
 )
 from client_sdk.ids import is_after, parse_event_id
 from client_sdk.models import Event, GapInfo, ReconnectInfo
+from client_sdk.store import ChannelStore, FileStore, MemoryStore, SavedChannel
 from client_sdk.sync import SyncChannelIterator, iter_channel_sync, open_channel_sync
 
 __version__ = "0.1.0"
@@ -38,16 +48,22 @@ __all__ = [
     "Channel",
     "ChannelContext",
     "ChannelErrorEvent",
+    "ChannelStore",
     "Event",
+    "FileStore",
     "GapInfo",
     "InvalidChannelReference",
+    "MemoryStore",
     "ProtocolViolation",
     "ReconnectInfo",
     "ReconnectsExhausted",
+    "SavedChannel",
     "SyncChannelIterator",
     "TransportError",
     "UnbrokenError",
     "WatchdogTimeout",
+    "attach",
+    "cancel_channel",
     "create_channel",
     "is_after",
     "iter_channel_sync",

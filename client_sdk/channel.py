@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -11,21 +12,32 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from broker.urls import broker_urls
+from broker.vocabulary import ChannelState
 from client_sdk.backoff import Backoff
-from client_sdk.errors import InvalidChannelReference, ProtocolViolation, TransportError
+from client_sdk.errors import (
+    BrokerError,
+    ChannelErrorEvent,
+    InvalidChannelReference,
+    ProtocolViolation,
+    TransportError,
+)
 from client_sdk.ids import is_event_id
 from client_sdk.models import Event, GapInfo
 from client_sdk.reader import TRANSPORT_NAMES, OnGap, OnReconnect, Reader, TransportName
 from client_sdk.refs import ChannelRef, resolve
+from client_sdk.store import ChannelStore, SavedChannel, as_store
 from client_sdk.transports import Target, Timing, broker_error
 
-DEFAULT_HEARTBEAT = 15.0  # the broker's default; the open response tells the real one
-WATCHDOG_FACTOR = 2.5  # missing two heartbeats (plus slack) means the connection is dead
+# The broker's default, used until it says otherwise (open response, `Unbroken-Heartbeat`).
+DEFAULT_HEARTBEAT = 15.0
+BrokerURLs = str | Sequence[str]  # one URL, several (a list, or one string with commas)
+StoreArg = ChannelStore | str | os.PathLike[str] | None
 
 
 class Channel:
-    """A channel being read. `async for data in channel` yields message data until `end`;
-    `channel.events()` yields whole `Event`s (with ids) instead."""
+    """A channel being read. `async for data in channel` yields message data until `end` (or
+    `cancelled`); `channel.events()` yields whole `Event`s (with ids) instead."""
 
     def __init__(
         self,
@@ -34,11 +46,14 @@ class Channel:
         session: aiohttp.ClientSession,
         *,
         owns_session: bool,
+        store: ChannelStore | None = None,
     ) -> None:
         self._ref = ref
         self._reader = reader
         self._session = session
         self._owns_session = owns_session
+        self._store = store
+        self._save()
 
     @property
     def id(self) -> str:
@@ -69,8 +84,24 @@ class Channel:
         return self._reader.last_event_id
 
     @property
+    def state(self) -> ChannelState:
+        """`open` while events may come, `ended` after `end` or `error`, `cancelled` after a
+        cancel (by this client or another reader)."""
+        return self._reader.state
+
+    @property
     def ended(self) -> bool:
+        """True once nothing more will come: ended, failed or cancelled."""
         return self._reader.ended
+
+    @property
+    def cancelled(self) -> bool:
+        return self._reader.state == "cancelled"
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """The reason given to `cancel()`, once the `cancelled` event arrived."""
+        return self._reader.cancel_reason
 
     @property
     def end_data(self) -> Any:
@@ -87,17 +118,74 @@ class Channel:
 
     @property
     def transport(self) -> str:
+        """The wire transport in use: `sse`, `chunked`, `ws` or `poll` (the broker's names)."""
         return self._reader.transport
 
-    def events(self) -> AsyncIterator[Event]:
-        return self._reader.events()
+    @property
+    def broker_url(self) -> str:
+        """The broker in use (with several broker URLs, the one the reader fails over to)."""
+        return str(self._reader.target.broker_url)
+
+    @property
+    def heartbeat(self) -> float:
+        """The broker's heartbeat interval the watchdog follows (announced by the broker)."""
+        return self._reader.heartbeat
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Message events, each exactly once and in order, until the channel ends."""
+        try:
+            async for event in self._reader.events():
+                yield event
+                # The application asked for the next one: it is done with this one.
+                self._save()
+        except ChannelErrorEvent:
+            self._forget()
+            raise
+        except BrokerError as exc:
+            if exc.status in (404, 410):  # expired or deleted: nothing to resume
+                self._forget()
+            raise
+        if self.ended:
+            self._forget()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[Any]:
-        async for event in self._reader.events():
+        async for event in self.events():
             yield event.data
+
+    async def cancel(self, reason: str | None = None, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Stop the channel's producer (a "Stop generating" button).
+
+        `POST /v1/channels/{id}/cancel` with the read token: the broker appends the terminal
+        `cancelled` event, the writer learns it (its writes fail with ChannelCancelled), and
+        every reader, this one included, ends with `state == "cancelled"`. Returns the broker's
+        answer `{"ids", "duplicate", "last_event_id"}` (`duplicate` when it was already
+        cancelled); a channel that already ended raises BrokerError 409 `channel_ended`.
+        """
+        return await cancel_channel(
+            self._session,
+            self._reader.targets,
+            reason,
+            first=self._reader.target,
+            timeout=timeout,
+        )
+
+    def _save(self) -> None:
+        if self._store is None or self.ended:
+            return
+        state: SavedChannel = {
+            "broker": [str(target.broker_url) for target in self._reader.targets],
+            "channel": self.id,
+            "read_token": self.read_token,
+            "last_event_id": self.last_event_id,
+        }
+        self._store.save(state)
+
+    def _forget(self) -> None:
+        if self._store is not None:
+            self._store.clear()
 
     async def close(self) -> None:
         if self._owns_session and not self._session.closed:
@@ -115,7 +203,7 @@ class Channel:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<Channel {self.id} last_event_id={self.last_event_id} ended={self.ended}>"
+        return f"<Channel {self.id} last_event_id={self.last_event_id} state={self.state}>"
 
 
 class ChannelContext:
@@ -143,7 +231,7 @@ class ChannelContext:
 
 
 def open_channel(
-    broker_url: str,
+    broker_url: BrokerURLs,
     *,
     name: str | None = None,
     transport: TransportName | str = "auto",
@@ -160,32 +248,49 @@ def open_channel(
     on_reconnect: OnReconnect | None = None,
     on_gap: OnGap | None = None,
     open_timeout: float = 10.0,
+    store: StoreArg = None,
 ) -> ChannelContext:
     """Open a channel on the broker (`POST /v1/channels`) and read it.
 
     `name` picks the channel id (409 `channel_exists` if taken); `app_key` is needed when the
-    broker's open policy is `key`. The other options are those of `subscribe`.
+    broker's open policy is `key`. With several broker URLs (brokers sharing one Redis) the
+    first that answers opens the channel and the reader fails over between all of them.
+    The other options are those of `subscribe`.
     """
 
     if transport not in TRANSPORT_NAMES:  # before the channel is created for nothing
         raise ValueError(f"unknown transport {transport!r}; use one of {TRANSPORT_NAMES}")
-
+    urls = _urls(broker_url)
     options = ReadOptions(
         transport, last_event_id, heartbeat, idle_timeout, first_byte_timeout, poll_timeout,
-        max_duration, backoff, max_retries, on_reconnect, on_gap,
+        max_duration, backoff, max_retries, on_reconnect, on_gap, as_store(store),
     )  # fmt: skip
 
-    async def opened(http: aiohttp.ClientSession) -> ChannelRef:
-        info = await create_channel(
-            http, broker_url, name=name, app_key=app_key, open_timeout=open_timeout
-        )
-        return resolve(info)
+    async def opened(http: aiohttp.ClientSession) -> tuple[ChannelRef, list[str]]:
+        error: BaseException | None = None
+        for index, url in enumerate(urls):
+            try:
+                info = await create_channel(
+                    http, url, name=name, app_key=app_key, open_timeout=open_timeout
+                )
+            except TransportError as exc:
+                error = exc
+                continue
+            except BrokerError as exc:
+                if exc.status != 503:  # only a draining broker sends us to another one
+                    raise
+                error = exc
+                continue
+            # Read from the broker that opened it first, then fail over in the given order.
+            return resolve(info), urls[index:] + urls[:index]
+        assert error is not None
+        raise error
 
-    return _context(opened, session, broker_url, options)
+    return _context(opened, session, options)
 
 
 def subscribe(
-    broker_url: str | None,
+    broker_url: BrokerURLs | None,
     channel_or_token: str | Mapping[str, Any],
     *,
     token: str | None = None,
@@ -201,27 +306,81 @@ def subscribe(
     max_retries: int | None = None,
     on_reconnect: OnReconnect | None = None,
     on_gap: OnGap | None = None,
+    store: StoreArg = None,
 ) -> ChannelContext:
     """Read an existing channel.
 
     `channel_or_token` is a channel id (then `token` is its read token), a read or write JWT,
-    a channel token, or an open response (object or JSON text). `broker_url` may be None when
-    the token or channel token names the broker. `last_event_id` resumes after that event.
-    `heartbeat` is the broker's heartbeat interval; the watchdog reconnects after
-    `idle_timeout` (default 2.5 heartbeats) without a byte. `max_retries` bounds consecutive
-    failed attempts (None: never give up on retriable failures). `max_duration` asks the broker
-    to end each SSE/chunked response after that many seconds (the reader resumes at once).
+    a channel token, or an open response (object or JSON text). `broker_url` is one URL or
+    several (a list, or one string with commas: the reader fails over between them); it may be
+    None when the token or channel token names the broker, and `localhost:8080` means
+    `http://localhost:8080`. `last_event_id` resumes after that event. `heartbeat` is the
+    broker's heartbeat interval until the broker announces its own (`Unbroken-Heartbeat`); the
+    watchdog reconnects after `idle_timeout` (default 2.5 heartbeats) without a byte.
+    `max_retries` bounds consecutive failed attempts (None: never give up on retriable
+    failures). `max_duration` asks the broker to end each SSE/chunked response after that many
+    seconds (the reader resumes at once). `store` (a path or a `ChannelStore`) keeps the
+    position so that `attach(store=...)` in a restarted process shows the rest.
     """
 
     options = ReadOptions(
         transport, last_event_id, heartbeat, idle_timeout, first_byte_timeout, poll_timeout,
-        max_duration, backoff, max_retries, on_reconnect, on_gap,
+        max_duration, backoff, max_retries, on_reconnect, on_gap, as_store(store),
     )  # fmt: skip
+    urls = _urls(broker_url) if broker_url else []
 
-    async def existing(http: aiohttp.ClientSession) -> ChannelRef:
-        return resolve(channel_or_token, token)
+    async def existing(http: aiohttp.ClientSession) -> tuple[ChannelRef, list[str]]:
+        ref = resolve(channel_or_token, token)
+        # The URL the caller reached the broker by wins over the one in the token: behind a
+        # proxy or in a container the broker's idea of its public URL may not be reachable.
+        if urls:
+            return ref, urls
+        if ref.broker_url:
+            return ref, _urls(ref.broker_url)
+        raise InvalidChannelReference("no broker URL given, and the token does not name one")
 
-    return _context(existing, session, broker_url, options)
+    return _context(existing, session, options)
+
+
+def attach(
+    broker_url: BrokerURLs | None = None,
+    channel: str | None = None,
+    read_token: str | None = None,
+    last_event_id: str | None = None,
+    *,
+    store: StoreArg = None,
+    **options: Any,
+) -> ChannelContext:
+    """Rejoin a channel that was being read before (after a restart, a reload, a crash).
+
+    Either name it (`channel` with its `read_token`, and the `last_event_id` you had shown), or
+    pass only `store=`: the broker URLs, channel, token and position saved there by an earlier
+    `open_channel(..., store=...)` / `subscribe(..., store=...)` are used, and reading goes on
+    saving to it. Other options are those of `subscribe`. Raises InvalidChannelReference when
+    the store holds nothing (check `FileStore(path).load()` first to choose between `attach`
+    and `open_channel`).
+    """
+    chosen = as_store(store)
+    if channel is None:
+        saved = chosen.load() if chosen is not None else None
+        if saved is None:
+            raise InvalidChannelReference(
+                f"nothing to attach to: no channel given and none saved in {chosen!r}"
+            )
+        channel, read_token = saved["channel"], saved["read_token"]
+        broker_url = broker_url or saved["broker"]
+        if last_event_id is None:
+            last_event_id = saved["last_event_id"]
+    elif read_token is None:
+        raise InvalidChannelReference("attach needs the channel's read_token")
+    return subscribe(
+        broker_url,
+        channel,
+        token=read_token,
+        last_event_id=last_event_id,
+        store=chosen,
+        **options,
+    )
 
 
 async def create_channel(
@@ -233,7 +392,7 @@ async def create_channel(
     open_timeout: float = 10.0,
 ) -> dict[str, Any]:
     """`POST /v1/channels`: the open response (id, read_token, channel_token, ...)."""
-    url = URL(broker_url) / "v1" / "channels"
+    url = URL(_urls(broker_url)[0]) / "v1" / "channels"
     headers = {"Authorization": f"Bearer {app_key}"} if app_key else {}
     body = {"name": name} if name is not None else {}
     try:
@@ -255,6 +414,55 @@ async def create_channel(
     return info
 
 
+async def cancel_channel(
+    session: aiohttp.ClientSession,
+    targets: Sequence[Target],
+    reason: str | None = None,
+    *,
+    first: Target | None = None,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """`POST /v1/channels/{id}/cancel` on the first broker that answers (cancelling is
+    idempotent: a repeat answers `duplicate: true`)."""
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError("the cancel reason is a string (at most 200 characters) or None")
+    order = list(targets)
+    if first is not None and first in order:
+        start = order.index(first)
+        order = order[start:] + order[:start]
+    body = {"reason": reason} if reason is not None else {}
+    error: BaseException | None = None
+    for target in order:
+        try:
+            async with asyncio.timeout(timeout):
+                async with session.post(
+                    target.url("cancel"), json=body, headers=target.headers
+                ) as resp:
+                    if resp.status not in (200, 201):
+                        raise await broker_error(resp)
+                    answer = await resp.json(content_type=None)
+        except TimeoutError as exc:
+            error = TransportError(f"cancel: {target.broker_url} did not answer in {timeout:g}s")
+            error.__cause__ = exc
+            continue
+        except BrokerError as exc:
+            if exc.status != 503:
+                raise
+            error = exc
+            continue
+        except (aiohttp.ClientError, OSError) as exc:
+            error = TransportError(f"cancel: cannot reach {target.broker_url}: {exc}")
+            error.__cause__ = exc
+            continue
+        except ValueError as exc:
+            raise ProtocolViolation(f"cancel: the answer is not JSON: {exc}") from exc
+        if not isinstance(answer, dict):
+            raise ProtocolViolation(f"cancel: unexpected answer {answer!r:.200}")
+        return answer
+    assert error is not None
+    raise error
+
+
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
     """How to read: the options `open_channel` and `subscribe` share."""
@@ -270,12 +478,19 @@ class ReadOptions:
     max_retries: int | None
     on_reconnect: OnReconnect | None
     on_gap: OnGap | None
+    store: ChannelStore | None
+
+
+def _urls(value: BrokerURLs) -> list[str]:
+    try:
+        return broker_urls(value if isinstance(value, str) else tuple(value))
+    except ValueError as exc:
+        raise InvalidChannelReference(str(exc)) from exc
 
 
 def _context(
-    find: Callable[[aiohttp.ClientSession], Awaitable[ChannelRef]],
+    find: Callable[[aiohttp.ClientSession], Awaitable[tuple[ChannelRef, list[str]]]],
     session: aiohttp.ClientSession | None,
-    broker_url: str | None,
     options: ReadOptions,
 ) -> ChannelContext:
     """A ChannelContext whose channel comes from `find`; a session made here is the channel's."""
@@ -284,7 +499,8 @@ def _context(
         own = session is None
         http = session if session is not None else aiohttp.ClientSession()
         try:
-            return _make_channel(http, own, await find(http), broker_url, options)
+            ref, urls = await find(http)
+            return _make_channel(http, own, ref, urls, options)
         except BaseException:
             if own:
                 await http.close()
@@ -297,31 +513,24 @@ def _make_channel(
     session: aiohttp.ClientSession,
     owns_session: bool,
     ref: ChannelRef,
-    broker_url: str | None,
+    urls: list[str],
     options: ReadOptions,
 ) -> Channel:
-    # The URL the caller reached the broker by wins over the one in the token: behind a proxy
-    # or in a container the broker's idea of its public URL may not be reachable from here.
-    base = broker_url or ref.broker_url
-    if not base:
-        raise InvalidChannelReference("no broker URL given, and the token does not name one")
     last_event_id = options.last_event_id
     if last_event_id is not None and not is_event_id(last_event_id):
         raise InvalidChannelReference(
             f"last_event_id {last_event_id!r} is not an event id (<ms>-<seq>, e.g. 1732500000000-0)"
         )
-    beat = options.heartbeat or ref.heartbeat or DEFAULT_HEARTBEAT
     timing = Timing(
-        idle_timeout=(
-            options.idle_timeout if options.idle_timeout is not None else WATCHDOG_FACTOR * beat
-        ),
+        heartbeat=options.heartbeat or ref.heartbeat or DEFAULT_HEARTBEAT,
+        idle_timeout=options.idle_timeout,
         first_byte_timeout=options.first_byte_timeout,
         poll_timeout=options.poll_timeout,
         max_duration=options.max_duration,
     )
     reader = Reader(
         session,
-        Target(URL(base), ref.channel_id, ref.token),
+        [Target(URL(url), ref.channel_id, ref.token) for url in urls],
         transport=options.transport,
         last_event_id=last_event_id,
         timing=timing,
@@ -330,4 +539,4 @@ def _make_channel(
         on_reconnect=options.on_reconnect,
         on_gap=options.on_gap,
     )
-    return Channel(ref, reader, session, owns_session=owns_session)
+    return Channel(ref, reader, session, owns_session=owns_session, store=options.store)

@@ -48,7 +48,7 @@ HINTS: Final[dict[str, str]] = {
     "token_wrong_scope": "this operation needs the write token (the channel token)",
     "channel_not_found": "check the channel id and the broker URL; the channel may have expired",
     "channel_gone": "the channel expired or was deleted: open a new one",
-    "invalid_last_event_id": "--from takes an event id such as 1732500000000-0",
+    "bad_last_event_id": "--from takes an event id such as 1732500000000-0",
     "rate_limited": "the broker limits channel opens per client: wait a little and retry",
     "app_key_required": "this broker only opens channels for apps: pass --app-key",
     "app_key_invalid": "the app key was refused: check --app-key",

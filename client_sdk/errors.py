@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 # 408 and 429 ask the client to come back later; 5xx are the broker's (or a proxy's) trouble.
-_RETRIABLE_4XX = frozenset({408, 425, 429})
+# The JS SDK decides the same (tests/conformance/status.json).
+_RETRIABLE_4XX = frozenset({408, 429})
 
 
 class UnbrokenError(Exception):
@@ -20,7 +21,9 @@ class UnbrokenError(Exception):
 
 
 class BrokerError(UnbrokenError):
-    """An error answer of the broker, e.g. 401 `token_expired` or 410 `channel_gone`."""
+    """An error answer of the broker, e.g. 401 `token_expired` or 410 `channel_gone`.
+
+    `code` is the broker's code, or `http_error` when the answer had no JSON error body."""
 
     def __init__(
         self,
@@ -62,11 +65,16 @@ class ChannelErrorEvent(UnbrokenError):
 class TransportError(UnbrokenError):
     """A connection-level failure: the reader reconnects (and may switch transport)."""
 
-    def __init__(self, message: str, *, before_first_byte: bool = False) -> None:
+    def __init__(
+        self, message: str, *, before_first_byte: bool = False, unreachable: bool = False
+    ) -> None:
         super().__init__(message)
         # True when the transport never delivered anything: `transport="auto"` then tries the
         # next transport instead of insisting on one that a proxy may be blocking.
-        self.before_first_byte = before_first_byte
+        self.before_first_byte = before_first_byte or unreachable
+        # True when nothing accepted the connection (refused, unknown host): with several
+        # broker URLs the reader fails over to the next one.
+        self.unreachable = unreachable
 
 
 class WatchdogTimeout(TransportError):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_EVENT_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+# ASCII digits, anchored with \Z: `\d` matches other scripts' digits, `$` a final newline.
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})\Z")
 
 
 def parse_event_id(value: str) -> tuple[int, int]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-EventType = Literal["message", "end", "error"]
-ControlType = Literal["gap", "reconnect", "heartbeat", "ended"]
+EventType = Literal["message", "end", "error", "cancelled"]
+ControlType = Literal["gap", "reconnect", "heartbeat", "ended", "interval"]
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A channel event: `message`, `end` or `error` (the last two are terminal)."""
+    """A channel event: `message`, or a terminal `end`, `error` or `cancelled`."""
 
     id: str
     type: EventType
@@ -32,6 +32,8 @@ class Control:
     - `gap`: history before `first_id` was dropped (`value` is the first retained id);
     - `reconnect`: the broker is closing this stream, reconnect at once (`value` is the reason);
     - `heartbeat`: a WebSocket ping (SSE comments never reach the reader);
+    - `interval`: the broker announced its heartbeat interval (`value`, seconds) in the
+      `Unbroken-Heartbeat` header of a streaming answer;
     - `ended`: the channel has ended and nothing follows the reader's position (SSE 204,
       WebSocket close 1000 before any frame, long-poll `ended` with no events).
     """
@@ -50,9 +52,10 @@ class ReconnectInfo:
     attempt: int  # consecutive attempts without progress, 1 for the first retry
     delay: float
     reason: str  # human readable: what broke
-    transport: str  # the transport of the next attempt
+    transport: str  # the transport of the next attempt (sse, chunked, ws, poll)
     last_event_id: str | None  # the position the next attempt resumes after
     error: BaseException | None  # None when the broker asked for the reconnect
+    broker: str = ""  # the broker URL of the next attempt (several given: failover)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class SyncChannelIterator(Iterator[Any]):
         self._finished = False
         self.end_data: Any = None
         self.ended = False
+        self.state = "open"
         self.last_event_id: str | None = None
         self.channel: Channel | None = None
         self._thread = threading.Thread(target=self._run, name="client_sdk-sync", daemon=True)
@@ -64,6 +65,7 @@ class SyncChannelIterator(Iterator[Any]):
                     self.last_event_id = event.id
                     await self._put(event if self._events else event.data)
                 self.end_data, self.ended = channel.end_data, channel.ended
+                self.state = channel.state
             await self._put(_DONE)
         except asyncio.CancelledError:
             pass
@@ -94,6 +96,14 @@ class SyncChannelIterator(Iterator[Any]):
             self._thread.join()
             raise item
         return item
+
+    def cancel(self, reason: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """Stop the channel's producer (see `Channel.cancel`); iteration then ends."""
+        loop, channel = self._loop, self.channel
+        if loop is None or channel is None or loop.is_closed():
+            raise RuntimeError("the channel is not being read (not started yet, or finished)")
+        future = asyncio.run_coroutine_threadsafe(channel.cancel(reason, timeout=timeout), loop)
+        return future.result(timeout + 1)
 
     def close(self) -> None:
         """Stop reading and wait for the reader thread to finish."""

@@ -18,12 +18,15 @@ from typing import Any, ClassVar, Final
 import aiohttp
 from yarl import URL
 
+from broker.vocabulary import Transport as WireTransport
 from client_sdk.errors import BrokerError, ProtocolViolation, TransportError, WatchdogTimeout
 from client_sdk.ids import is_event_id
 from client_sdk.models import Control, Event, Frame
 from client_sdk.sse import SSEMessage, SSEParser
 
-_EVENT_TYPES: Final = frozenset({"message", "end", "error"})
+_EVENT_TYPES: Final = frozenset({"message", "end", "error", "cancelled"})
+HEARTBEAT_HEADER: Final = "Unbroken-Heartbeat"
+WATCHDOG_FACTOR: Final = 2.5  # missing two heartbeats (plus slack) means the connection is dead
 _CONNECTION_ERRORS: Final = (aiohttp.ClientError, OSError)
 
 
@@ -46,16 +49,41 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    idle_timeout: float  # no byte (heartbeats included) for this long: the connection is dead
+    heartbeat: float  # the broker's heartbeat interval as far as the reader knows it
+    # No byte (heartbeats included) for this long: the connection is dead. None: follow the
+    # broker, WATCHDOG_FACTOR heartbeats, as announced by the answer itself when it says.
+    idle_timeout: float | None
     first_byte_timeout: float  # a connection that sends nothing this long is blocked somewhere
     poll_timeout: int  # the long-poll `timeout` parameter (the broker caps it at 55)
     # SSE/chunked `max_duration`: the broker ends each stream after that many seconds (with a
     # `reconnect` event); for networks that cut long responses.
     max_duration: float | None = None
 
+    def idle(self, announced: float | None = None) -> float:
+        if self.idle_timeout is not None:
+            return self.idle_timeout
+        return WATCHDOG_FACTOR * (announced if announced is not None else self.heartbeat)
+
+
+def announced_heartbeat(headers: Mapping[str, str] | None) -> float | None:
+    """The broker's heartbeat from the `Unbroken-Heartbeat` header (None when absent/bad)."""
+    value = headers.get(HEARTBEAT_HEADER) if headers is not None else None
+    try:
+        beat = float(value) if value is not None else None
+    except ValueError:
+        return None
+    # A nonsense value must not make the watchdog fire at once or never.
+    return beat if beat is not None and 0.05 <= beat <= 3600 else None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Nothing listens there (refused, no route, unknown host): another broker may answer."""
+    return isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError)
+
 
 class Transport(abc.ABC):
-    name: ClassVar[str]
+    name: ClassVar[WireTransport]  # the broker's name (broker.vocabulary), reported to users
+    endpoint: ClassVar[str]  # the reader route: /v1/channels/{id}/<endpoint>
 
     @abc.abstractmethod
     def frames(
@@ -84,7 +112,7 @@ async def broker_error(resp: aiohttp.ClientResponse) -> BrokerError:
     except (ValueError, KeyError, TypeError):
         # Not the broker's answer (a proxy's HTML page, say): keep what it said, briefly.
         snippet = " ".join(text.split())[:200] or resp.reason or "no body"
-        return BrokerError(resp.status, f"http_{resp.status}", snippet, retry_after=retry_after)
+        return BrokerError(resp.status, "http_error", snippet, retry_after=retry_after)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -130,7 +158,7 @@ def _sse_frame(message: SSEMessage) -> Frame | None:
 class SSETransport(Transport):
     """`GET /events`: Server-Sent Events."""
 
-    name = "sse"
+    name: ClassVar[WireTransport] = "sse"
     endpoint = "events"
 
     async def frames(
@@ -158,7 +186,11 @@ class SSETransport(Transport):
                 before_first_byte=True,
             ) from exc
         except _CONNECTION_ERRORS as exc:
-            raise TransportError(f"{self.name}: {_describe(exc)}", before_first_byte=True) from exc
+            raise TransportError(
+                f"{self.name}: {_describe(exc)}",
+                before_first_byte=True,
+                unreachable=_unreachable(exc),
+            ) from exc
         async with resp:
             if resp.status == 204:
                 yield Control("ended")
@@ -171,10 +203,14 @@ class SSETransport(Transport):
                     f"{self.name}: expected text/event-stream, got {content_type!r}",
                     before_first_byte=True,
                 )
+            announced = announced_heartbeat(resp.headers)
+            if announced is not None:
+                yield Control("interval", f"{announced:g}")
+            idle = timing.idle(announced)
             parser = SSEParser()
             first = True
             while True:
-                wait = timing.first_byte_timeout if first else timing.idle_timeout
+                wait = timing.first_byte_timeout if first else idle
                 try:
                     async with asyncio.timeout(wait):
                         chunk = await resp.content.readany()
@@ -208,6 +244,7 @@ class WebSocketTransport(Transport):
     """`GET /ws`: one JSON object per text frame."""
 
     name = "ws"
+    endpoint = "ws"
 
     async def frames(
         self,
@@ -220,7 +257,7 @@ class WebSocketTransport(Transport):
         try:
             async with asyncio.timeout(timing.first_byte_timeout):
                 ws = await session.ws_connect(
-                    target.url("ws"),
+                    target.url(self.endpoint),
                     params=params,
                     headers=target.headers,
                     autoping=True,
@@ -233,15 +270,24 @@ class WebSocketTransport(Transport):
         except _CONNECTION_ERRORS as exc:
             # The broker upgrades even requests it rejects, so a failed handshake is a proxy
             # or a broker without WebSocket: another transport may work.
-            raise TransportError(f"ws: {_describe(exc)}", before_first_byte=True) from exc
+            raise TransportError(
+                f"ws: {_describe(exc)}", before_first_byte=True, unreachable=_unreachable(exc)
+            ) from exc
         async with ws:
+            # aiohttp keeps the handshake answer only privately; without it the known heartbeat
+            # (open response, an earlier stream, or the default) serves.
+            handshake = getattr(ws, "_response", None)
+            announced = announced_heartbeat(getattr(handshake, "headers", None))
+            if announced is not None:
+                yield Control("interval", f"{announced:g}")
+            idle = timing.idle(announced)
             received = False
             while True:
                 try:
-                    async with asyncio.timeout(timing.idle_timeout):
+                    async with asyncio.timeout(idle):
                         msg = await ws.receive()
                 except TimeoutError as exc:
-                    raise WatchdogTimeout(f"ws: silent for {timing.idle_timeout:g}s") from exc
+                    raise WatchdogTimeout(f"ws: silent for {idle:g}s") from exc
                 except _CONNECTION_ERRORS as exc:
                     raise TransportError(f"ws: {_describe(exc)}") from exc
                 if msg.type is aiohttp.WSMsgType.TEXT:
@@ -262,7 +308,7 @@ class WebSocketTransport(Transport):
                         return
                     if code is not None and 4000 <= code < 5000:
                         status = code - 4000
-                        raise BrokerError(status, f"http_{status}", f"ws closed with {code}")
+                        raise BrokerError(status, "http_error", f"ws closed with {code}")
                     raise TransportError(f"ws: closed with code {code}")
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     raise TransportError(f"ws: {_describe(ws.exception())}")
@@ -311,6 +357,7 @@ class PollTransport(Transport):
     """`GET /poll`: a chain of long-poll requests, each resuming where the last one ended."""
 
     name = "poll"
+    endpoint = "poll"
 
     async def frames(
         self,
@@ -331,7 +378,7 @@ class PollTransport(Transport):
             try:
                 async with asyncio.timeout(deadline):
                     async with session.get(
-                        target.url("poll"),
+                        target.url(self.endpoint),
                         params=params,
                         headers=target.headers,
                         # Our deadline governs; a caller's session may have a shorter total.
@@ -348,7 +395,11 @@ class PollTransport(Transport):
                     f"poll: no answer within {deadline:g}s", before_first_byte=first
                 ) from exc
             except _CONNECTION_ERRORS as exc:
-                raise TransportError(f"poll: {_describe(exc)}", before_first_byte=first) from exc
+                raise TransportError(
+                    f"poll: {_describe(exc)}",
+                    before_first_byte=first,
+                    unreachable=first and _unreachable(exc),
+                ) from exc
             except ValueError as exc:
                 raise ProtocolViolation("poll: the answer is not JSON") from exc
             first = False
@@ -378,8 +429,8 @@ def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-TRANSPORTS: Final[Mapping[str, Transport]] = {
+TRANSPORTS: Final[Mapping[WireTransport, Transport]] = {
     transport.name: transport
     for transport in (SSETransport(), ChunkedTransport(), WebSocketTransport(), PollTransport())
 }
-AUTO_ORDER: Final = ("sse", "ws", "poll")
+AUTO_ORDER: Final[tuple[WireTransport, ...]] = ("sse", "ws", "poll")

@@ -76,7 +76,7 @@ class Received:
 
     @property
     def terminal(self) -> tuple[str, Any] | None:
-        if self.events and self.events[-1][1] in ("end", "error"):
+        if self.events and self.events[-1][1] in ("end", "error", "cancelled"):
             return self.events[-1][1], self.events[-1][2]
         return None
 

@@ -60,7 +60,7 @@ async def test_every_transport_reads_1000_messages_at_once(broker: Broker) -> No
     opened = await broker.open()
     readers = [asyncio.create_task(read(broker.session, opened, t)) for t in TRANSPORTS]
     await wait_for_subscribers(broker, opened, 3)  # long-poll is only counted while it waits
-    async with Channel.from_token(opened["channel_token"]) as channel:
+    async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
         for n in range(1000):
             await channel.write({"n": n})
         await channel.end({"done": True})
@@ -74,7 +74,7 @@ async def test_reader_dropped_mid_stream_resumes_without_loss(
     broker: Broker, transport: str
 ) -> None:
     opened = await broker.open()
-    channel = Channel.from_token(opened["channel_token"])
+    channel = Channel.from_token(opened["channel_token"], broker_url=broker.url)
     await channel.write_many([{"n": n} for n in range(150)])
     first = await read(broker.session, opened, transport, stop_after=100)  # then closes
     assert len(first.events) == 100
@@ -103,7 +103,7 @@ async def test_cut_connections_resume_through_a_proxy(broker: Broker) -> None:
         )
         readers = {t: Received() for t in ("sse", "ws")}
         tasks = [asyncio.create_task(read(broker.session, proxied, t, readers[t])) for t in readers]
-        channel = Channel.from_token(opened["channel_token"])
+        channel = Channel.from_token(opened["channel_token"], broker_url=broker.url)
         await channel.write_many(list(range(50)))
         for _ in range(100):
             if all(len(r.events) == 50 for r in readers.values()):
@@ -140,7 +140,7 @@ async def test_worker_retry_after_lost_response_stores_once(broker: Broker) -> N
     port = int(broker.url.rsplit(":", 1)[1])
     async with FaultyProxy(port) as proxy:
         token = dict(opened["channel_token"], broker=proxy.url)
-        channel = Channel.from_token(token)
+        channel = Channel.from_token(token, broker_url=proxy.url)
         proxy.lose_responses = 1  # the broker stores the write; its answer is lost
         event_id = await channel.write({"only": "once"})
         await channel.end()
@@ -257,7 +257,7 @@ async def test_bad_input_gets_documented_errors_and_loses_nothing(broker: Broker
     status, body = await get(
         f"/v1/channels/{channel_id}/events?token={read_token}&last_event_id=banana"
     )
-    assert (status, body["error"]["code"]) == (400, "invalid_last_event_id")
+    assert (status, body["error"]["code"]) == (400, "bad_last_event_id")
     status, body = await get(f"/v1/channels/{channel_id}/poll?token={read_token}&timeout=999")
     assert (status, body["error"]["code"]) == (400, "invalid_timeout")
     status, body = await get(f"/v1/channels/unknown/events?token={read_token}")
@@ -286,7 +286,7 @@ async def test_websocket_rejection_carries_the_error(broker: Broker) -> None:
 
 async def test_error_event_ends_every_transport(broker: Broker) -> None:
     opened = await broker.open()
-    async with Channel.from_token(opened["channel_token"]) as channel:
+    async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
         await channel.write("partial")
         with pytest.raises(RuntimeError):
             async with channel:
@@ -299,7 +299,7 @@ async def test_error_event_ends_every_transport(broker: Broker) -> None:
 
 async def test_reconnect_after_the_end_is_told_there_is_nothing_more(broker: Broker) -> None:
     opened = await broker.open()
-    async with Channel.from_token(opened["channel_token"]) as channel:
+    async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
         await channel.write(1)
     done = await read(broker.session, opened, "sse")
     assert done.terminal == ("end", None)
@@ -317,7 +317,7 @@ async def test_heartbeats_on_an_idle_stream(settings: Settings) -> None:
         sse = asyncio.create_task(read(broker.session, opened, "sse"))
         ws = asyncio.create_task(read(broker.session, opened, "ws"))
         await asyncio.sleep(1.0)
-        async with Channel.from_token(opened["channel_token"]) as channel:
+        async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
             await channel.write("after the silence")
         sse_received, ws_received = await asyncio.gather(sse, ws)
         assert sum(1 for kind, _ in sse_received.notices if kind == "hb") >= 3
@@ -327,7 +327,7 @@ async def test_heartbeats_on_an_idle_stream(settings: Settings) -> None:
 
 async def test_chunked_stream_closes_at_max_duration_and_resumes(broker: Broker) -> None:
     opened = await broker.open()
-    channel = Channel.from_token(opened["channel_token"])
+    channel = Channel.from_token(opened["channel_token"], broker_url=broker.url)
     await channel.write("first")
     url = f"{opened['urls']['stream']}?token={opened['read_token']}&max_duration=1"
     from tests.support import read_sse
@@ -344,7 +344,7 @@ async def test_chunked_stream_closes_at_max_duration_and_resumes(broker: Broker)
 async def test_trimmed_history_announces_a_gap(settings: Settings) -> None:
     async with running_broker(settings.with_overrides(max_messages=5)) as broker:
         opened = await broker.open()
-        async with Channel.from_token(opened["channel_token"]) as channel:
+        async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
             await channel.write_many(list(range(10)))
         for transport in TRANSPORTS:
             received = await read(broker.session, opened, transport)
@@ -396,7 +396,8 @@ async def test_open_rate_limit_and_app_key_policy() -> None:
 async def test_named_channel_and_status(broker: Broker) -> None:
     opened = await broker.open(name="chat-42")
     assert opened["id"] == "chat-42"
-    async with Channel.from_token(json.dumps(opened["channel_token"])) as channel:
+    token = json.dumps(opened["channel_token"])
+    async with Channel.from_token(token, broker_url=broker.url) as channel:
         await channel.write_many(["a", "b"])
     async with broker.session.get(
         f"{broker.url}/v1/channels/chat-42",
@@ -421,7 +422,7 @@ async def test_stalled_reader_is_dropped_and_the_others_keep_flowing(settings: S
         healthy = asyncio.create_task(read(broker.session, opened, "ws"))
         await wait_for_subscribers(broker, opened, 2)
         hub = broker.app[__import__("broker.context").context.CONTEXT].hub
-        async with Channel.from_token(opened["channel_token"]) as channel:
+        async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
             for n in range(200):  # ~10 MB: more than any loopback socket buffers hold
                 await channel.write_many([{"n": n, "pad": "x" * 2000}] * 25)
         received = await asyncio.wait_for(healthy, 60)

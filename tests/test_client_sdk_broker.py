@@ -28,7 +28,7 @@ from client_sdk import (
 )
 from client_sdk.backoff import Backoff
 from client_sdk.ids import is_after
-from tests.test_client_sdk_support import Proxy, Writer, broker_process, write_sync
+from tests.client_sdk_support import Proxy, Writer, broker_process, write_sync
 
 TRANSPORTS = ["sse", "ws", "poll", "chunked"]
 

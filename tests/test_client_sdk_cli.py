@@ -14,7 +14,7 @@ import pytest
 from yarl import URL
 
 from client_sdk import create_channel
-from tests.test_client_sdk_support import REPO, Proxy, Writer, broker_process, free_port
+from tests.client_sdk_support import REPO, Proxy, Writer, broker_process, free_port
 from worker.channel import Channel as WorkerChannel
 
 
@@ -83,7 +83,7 @@ async def test_tail_prints_messages_and_exits_0_on_end(
 ) -> None:
     info = await create_channel(session, broker)
     # The channel token as a backend gets it (JSON text), used by the worker library.
-    backend = WorkerChannel.from_token(json.dumps(info["channel_token"]))
+    backend = WorkerChannel.from_token(json.dumps(info["channel_token"]), broker_url=broker)
     await backend.write({"n": 1})
     proc = await start_cli("tail", broker, json.dumps(info))
     assert await read_lines(proc, 1) == [{"n": 1}]

@@ -47,7 +47,7 @@ async def test_dashboard_lists_channel_and_tails_messages(
             ) as response:
                 assert response.status == 201
                 opened = await response.json()
-        worker = Channel.from_token(opened["channel_token"])
+        worker = Channel.from_token(opened["channel_token"], broker_url=broker.url)
         # One message before the page opens: it must come from the backfill, the rest live.
         first = await worker.write({"text": "hello from the worker", "n": 0})
 

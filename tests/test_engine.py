@@ -1,13 +1,15 @@
 """One contract suite for every engine: memory, Redis on fakeredis, Redis on a real redis-server.
 
 The Redis runs use a unique key prefix per test, so they never collide and nothing is flushed.
-Tests marked `redis_only` exercise what only a shared Redis can do (several broker processes, a
-worker writing straight into Redis, a dropped pub/sub connection).
+Several engines of one test share their storage (one MemoryStore, or one Redis), as broker
+processes sharing a Redis do. Only the tests of the Redis key layout and of the pub/sub
+connection (which the memory engine does not have) run on the Redis engines alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 import uuid
@@ -20,16 +22,18 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from broker.engine import redis as redis_engine_module
+from broker.engine import live_feed as live_feed_module
 from broker.engine import redis_layout
 from broker.engine.base import (
+    AppendResult,
+    ChannelCancelled,
     ChannelEnded,
     ChannelExists,
     ChannelNotFound,
     Engine,
     Limits,
 )
-from broker.engine.memory import MemoryEngine
+from broker.engine.memory import MemoryEngine, MemoryStore
 from broker.engine.redis import RedisEngine
 from broker.events import Event, EventType, pack, parse_event_id, unpack
 
@@ -64,12 +68,13 @@ class Backend:
     client: Redis | None  # a plain client on the same data (None for memory)
     new_client: Callable[[], Redis] | None
     engines: list[Engine] = field(default_factory=list)
+    store: MemoryStore = field(default_factory=MemoryStore)  # shared by memory engines
 
     async def engine(self, limits: Limits | None = None) -> tuple[Engine, Recorder]:
         limits = limits or Limits()
         engine: Engine
         if self.kind == "memory":
-            engine = MemoryEngine(limits)
+            engine = MemoryEngine(limits, store=self.store)
         else:
             assert self.new_client is not None
             engine = RedisEngine(limits, prefix=self.prefix, client=self.new_client())
@@ -78,9 +83,41 @@ class Backend:
         self.engines.append(engine)
         return engine, recorder
 
+    async def outside_append(
+        self,
+        channel_id: str,
+        items: Sequence[tuple[EventType, bytes]],
+        *,
+        writer: str | None = None,
+        seq: int | None = None,
+    ) -> AppendResult:
+        """Append as a writer outside any broker does: straight into Redis with a plain client
+        (what the worker library does), or through the shared store for the memory engine."""
+        if self.kind == "memory":
+            outsider = MemoryEngine(Limits(), store=self.store)  # never started: relays nothing
+            return await outsider.append(channel_id, items, writer=writer, seq=seq)
+        assert self.new_client is not None
+        return await redis_layout.append_events(
+            self.new_client(), self.prefix, channel_id, items, writer=writer, seq=seq
+        )
+
 
 @pytest.fixture(params=ENGINES)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    async with _backend(request) as made:
+        yield made
+
+
+@pytest.fixture(params=REDIS_ENGINES)
+async def redis_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """For the Redis engines' own tests (the key layout, the pub/sub connection): the memory
+    engine has neither, so these are not contract tests and do not run on it."""
+    async with _backend(request) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def _backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     kind: str = request.param
     prefix = f"test-{uuid.uuid4().hex}"
     clients: list[Redis] = []
@@ -119,13 +156,6 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
                 await backend.client.delete(*keys)
         for client in clients:
             await client.aclose()
-
-
-@pytest.fixture
-def redis_backend(backend: Backend) -> Backend:
-    if backend.kind == "memory":
-        pytest.skip("needs a shared Redis")
-    return backend
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -194,8 +224,16 @@ async def test_append_ids_increase_and_read_back(backend: Backend) -> None:
 
     page = await engine.read("c", None, 100)
     assert [e.id for e in page.events] == ids
-    assert [e.data for e in page.events] == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}, {"n": 4},
-                                             "x", None, [1, 2]]
+    assert [e.data for e in page.events] == [
+        {"n": 0},
+        {"n": 1},
+        {"n": 2},
+        {"n": 3},
+        {"n": 4},
+        "x",
+        None,
+        [1, 2],
+    ]
     assert {e.type for e in page.events} == {"message"}
     assert (page.gap, page.ended, page.more, page.last_event_id) == (None, False, False, ids[-1])
 
@@ -256,6 +294,103 @@ async def test_error_event_ends_channel(backend: Backend) -> None:
     page = await engine.read("err", result.ids[0], 10)
     assert [(e.type, e.data) for e in page.events] == [("error", {"message": "boom"})]
     assert page.ended
+
+
+async def test_cancel(backend: Backend) -> None:
+    """A reader's cancel ends the channel with `cancelled`; writers are told, on every door."""
+    engine, recorder = await backend.engine(Limits(idle_ttl=100, retention=50))
+    await engine.create("c")
+    await engine.watch("c")
+    first = await engine.append("c", msgs("token"), writer="w", seq=1)
+    cancelled = await engine.cancel("c", "user pressed stop")
+    assert not cancelled.duplicate and len(cancelled.ids) == 1
+    assert cancelled.last_event_id == cancelled.ids[0]
+    page = await engine.read("c", None, 10)
+    assert [(e.type, e.data) for e in page.events] == [
+        ("message", "token"),
+        ("cancelled", {"reason": "user pressed stop"}),
+    ]
+    assert page.ended and page.events[-1].terminal
+    await until(lambda: len(recorder.ids("c")) == 2)
+    assert recorder.events["c"][-1].type == "cancelled"
+    info = await engine.info("c")
+    assert info is not None and info.state == "cancelled" and info.messages == 2
+    assert 45 <= info.ttl <= 50, "kept for the retention, like an ended channel"
+
+    for append in (engine.append, backend.outside_append):
+        with pytest.raises(ChannelCancelled) as refused:
+            await append("c", msgs("late"))
+        assert isinstance(refused.value, ChannelEnded)
+        with pytest.raises(ChannelCancelled):
+            await append("c", [("end", pack(None))])
+        # A retry of a write stored before the cancel still gets its original answer.
+        retry = await append("c", msgs("token"), writer="w", seq=1)
+        assert retry.duplicate and retry.last_event_id == first.last_event_id
+    again = await engine.cancel("c")
+    assert again.duplicate and again.ids == [] and again.last_event_id == cancelled.ids[0]
+    assert len((await engine.read("c", None, 10)).events) == 2
+
+    await engine.create("done")
+    await engine.append("done", [("end", pack(None))])
+    with pytest.raises(ChannelEnded) as ended:
+        await engine.cancel("done")
+    assert not isinstance(ended.value, ChannelCancelled)
+    with pytest.raises(ChannelNotFound):
+        await engine.cancel("missing")
+    await engine.create("quiet")
+    with pytest.raises(ValueError):
+        await engine.cancel("quiet", "x" * 201)
+    plain = await engine.cancel("quiet")  # no reason, no event before it
+    page = await engine.read("quiet", None, 10)
+    assert [(e.id, e.type, e.data) for e in page.events] == [
+        (plain.ids[0], "cancelled", {"reason": None})
+    ]
+
+
+async def test_writer_lease(backend: Backend) -> None:
+    """A channel whose writer neither writes nor heartbeats for writer_timeout is ended with
+    the `writer_timeout` error by expire_writers(); writes and heartbeats renew the lease."""
+    engine, recorder = await backend.engine()
+    created = await engine.create("silent", writer_timeout=1)
+    assert created.writer_timeout == 1
+    for name in ("beating", "writing"):
+        await engine.create(name, writer_timeout=1)
+    await engine.create("unleased")  # writer_timeout=0: no lease
+    await engine.watch("silent")
+    names = ["silent", "beating", "writing", "unleased", "missing"]
+    started = time.monotonic()
+    assert await engine.expire_writers(names) == []
+    expired: list[str] = []
+    while time.monotonic() - started < 2.5:
+        await engine.heartbeat("beating")
+        await engine.append("writing", msgs("still here"))
+        expired += await engine.expire_writers(names)
+        await asyncio.sleep(0.2)
+    assert expired == ["silent"], "only the silent writer's channel ends, once"
+    info = await engine.info("silent")
+    assert info is not None and info.state == "ended" and info.writer_timeout == 1
+    page = await engine.read("silent", None, 10)
+    assert [(e.type, e.data) for e in page.events] == [
+        ("error", {"code": "writer_timeout", "message": "The backend wrote nothing for 1 s."})
+    ]
+    await until(lambda: recorder.ids("silent") == [page.events[0].id])
+    with pytest.raises(ChannelEnded):
+        await engine.append("silent", msgs("too late"))
+    with pytest.raises(ChannelEnded):
+        await engine.heartbeat("silent")
+    for name in ("beating", "writing", "unleased"):
+        alive = await engine.info(name)
+        assert alive is not None and alive.state == "open", name
+
+    # Once the beats stop, the lease runs out for that one too.
+    async with asyncio.timeout(5):
+        while not await engine.expire_writers(["beating"]):
+            await asyncio.sleep(0.1)
+    with pytest.raises(ChannelNotFound):
+        await engine.heartbeat("missing")
+    await engine.cancel("writing")
+    with pytest.raises(ChannelCancelled):
+        await engine.heartbeat("writing")
 
 
 async def test_dedup_by_writer_and_seq(backend: Backend) -> None:
@@ -400,9 +535,9 @@ async def test_watch_delivers_in_order_until_unwatch(backend: Backend) -> None:
     assert recorder.ids("w") == ids
 
 
-async def test_batch_append_is_delivered_in_few_calls(redis_backend: Backend) -> None:
+async def test_batch_append_is_delivered_in_few_calls(backend: Backend) -> None:
     """A batch append publishes one message per entry; the relay hands them over together."""
-    engine, recorder = await redis_backend.engine()
+    engine, recorder = await backend.engine()
     await engine.create("burst")
     await engine.watch("burst")
     ids = (await engine.append("burst", msgs(*range(50)))).ids
@@ -481,7 +616,90 @@ async def test_delete_notifies_watcher(backend: Backend) -> None:
     assert recorder.gone == ["gone", "gone"]
 
 
-# -- what only a shared Redis does ----------------------------------------------------------
+# -- several writers and brokers on one storage ------------------------------------------
+
+
+async def test_invalid_batch_is_refused(backend: Backend) -> None:
+    """A bad batch stores nothing and leaves the channel as it was, on every engine."""
+    engine, recorder = await backend.engine()
+    await engine.create("v")
+    await engine.watch("v")
+    bad: list[tuple[list[tuple[EventType, bytes]], dict[str, Any]]] = [
+        ([("end", pack(None)), *msgs(1)], {}),  # something after the terminal event
+        ([("error", pack(None)), ("end", pack(None))], {}),
+        ([], {}),
+        ([("cancelled", pack(None))], {}),  # only cancel() appends that one
+        ([("bogus", pack(None))], {}),  # type: ignore[list-item]
+        ([("message", "not bytes")], {}),  # type: ignore[list-item]
+        (msgs(1), {"writer": "w", "seq": 0}),
+        (msgs(1), {"writer": "w", "seq": -3}),
+        (msgs(1), {"writer": "w", "seq": True}),
+        (msgs(1), {"writer": "w"}),
+        (msgs(1), {"seq": 1}),
+        (msgs(1), {"writer": "", "seq": 1}),
+    ]
+    for items, extra in bad:
+        with pytest.raises(ValueError):
+            await engine.append("v", items, **extra)
+        with pytest.raises(ValueError):
+            await backend.outside_append("v", items, **extra)
+    info = await engine.info("v")
+    assert info is not None and info.state == "open" and info.messages == 0
+    assert (await engine.read("v", None, 10)).events == []
+    # The channel is still open, and seq 1 of writer "w" was never taken.
+    first = await engine.append("v", msgs("ok"), writer="w", seq=1)
+    assert not first.duplicate and len(first.ids) == 1
+    await until(lambda: recorder.ids("v") == first.ids)
+
+
+async def test_outside_writer_is_relayed(backend: Backend) -> None:
+    """A writer outside the broker (the worker library writing straight into Redis) appends;
+    the broker's watcher relays it."""
+    engine, recorder = await backend.engine()
+    await engine.create("job")
+    await engine.watch("job")
+    ids: list[str] = []
+    for n in range(1, 4):
+        result = await backend.outside_append("job", msgs(n), writer="wk", seq=n)
+        ids += result.ids
+    retry = await backend.outside_append("job", msgs(3), writer="wk", seq=3)
+    assert retry.duplicate and retry.last_event_id == ids[-1]
+    ids += (await backend.outside_append("job", [("end", pack("ok"))], writer="wk", seq=4)).ids
+    with pytest.raises(ChannelEnded):
+        await backend.outside_append("job", msgs(5))
+    with pytest.raises(ChannelNotFound):
+        await backend.outside_append("missing", msgs(5))
+    await until(lambda: len(recorder.ids("job")) == 4)
+    assert recorder.ids("job") == ids
+    assert [e.data for e in recorder.events["job"]] == [1, 2, 3, "ok"]
+
+
+async def test_two_broker_processes(backend: Backend) -> None:
+    """Both relay the same writes; a deletion on one disconnects the other's watchers."""
+    first, first_seen = await backend.engine()
+    second, second_seen = await backend.engine()
+    await first.create("shared")
+    await first.watch("shared")
+    await second.watch("shared")
+    ids = (await first.append("shared", msgs(1, 2))).ids
+    ids += (await second.append("shared", msgs(3))).ids
+    await until(lambda: len(first_seen.ids("shared")) == 3 == len(second_seen.ids("shared")))
+    assert first_seen.ids("shared") == ids == second_seen.ids("shared")
+    assert [c.id for c in await second.channels()] == ["shared"]
+    assert await second.delete("shared") is True
+    await until(lambda: first_seen.gone == ["shared"] and second_seen.gone == ["shared"])
+    assert await first.exists_many(["shared"]) == [False]
+
+
+async def test_watch_before_create(backend: Backend) -> None:
+    engine, recorder = await backend.engine()
+    await engine.watch("later")
+    await engine.create("later")
+    ids = (await engine.append("later", msgs(1))).ids
+    await until(lambda: recorder.ids("later") == ids)
+
+
+# -- the Redis engine's own: its key layout and its pub/sub connection ------------------------
 
 
 async def test_key_layout(redis_backend: Backend) -> None:
@@ -494,7 +712,10 @@ async def test_key_layout(redis_backend: Backend) -> None:
     p = backend.prefix
     keys = redis_layout.channel_keys(p, "lay")
     assert (keys.events, keys.meta, keys.writers, keys.live) == (
-        f"{p}:{{lay}}:events", f"{p}:{{lay}}:meta", f"{p}:{{lay}}:writers", f"{p}:{{lay}}:live"
+        f"{p}:{{lay}}:events",
+        f"{p}:{{lay}}:meta",
+        f"{p}:{{lay}}:writers",
+        f"{p}:{{lay}}:live",
     )
     meta = {k.decode(): v.decode() for k, v in (await client.hgetall(keys.meta)).items()}
     assert meta["state"] == "open" and meta["count"] == "3"
@@ -509,83 +730,14 @@ async def test_key_layout(redis_backend: Backend) -> None:
     ]
     for name in keys.stored:
         assert 99_000 < await client.pttl(name) <= 100_000
-    assert await client.zscore(redis_layout.index_key(p), "lay") == float(
-        meta["created_at"]
-    )
+    assert await client.zscore(redis_layout.index_key(p), "lay") == float(meta["created_at"])
     await engine.append("lay", [("end", pack(None))])
     for name in keys.stored:
         assert 199_000 < await client.pttl(name) <= 200_000
 
 
-async def test_invalid_batch_is_refused(redis_backend: Backend) -> None:
-    engine, _ = await redis_backend.engine()
-    await engine.create("v")
-    with pytest.raises(ValueError):
-        await engine.append("v", [("end", pack(None)), *msgs(1)])
-    with pytest.raises(ValueError):
-        await engine.append("v", msgs(1), writer="w", seq=0)
-    assert (await engine.read("v", None, 10)).events == []
-
-
-async def test_worker_writes_straight_into_redis(redis_backend: Backend) -> None:
-    """A worker appends with its own plain client; the broker's watcher relays it."""
-    backend = redis_backend
-    assert backend.new_client is not None
-    engine, recorder = await backend.engine()
-    await engine.create("job")
-    await engine.watch("job")
-    worker = backend.new_client()
-    ids: list[str] = []
-    for n in range(1, 4):
-        result = await redis_layout.append_events(
-            worker, backend.prefix, "job", msgs(n), writer="wk", seq=n
-        )
-        ids += result.ids
-    retry = await redis_layout.append_events(
-        worker, backend.prefix, "job", msgs(3), writer="wk", seq=3
-    )
-    assert retry.duplicate and retry.last_event_id == ids[-1]
-    ids += (
-        await redis_layout.append_events(
-            worker, backend.prefix, "job", [("end", pack("ok"))], writer="wk", seq=4
-        )
-    ).ids
-    with pytest.raises(ChannelEnded):
-        await redis_layout.append_events(worker, backend.prefix, "job", msgs(5))
-    with pytest.raises(ChannelNotFound):
-        await redis_layout.append_events(worker, backend.prefix, "missing", msgs(5))
-    await until(lambda: len(recorder.ids("job")) == 4)
-    assert recorder.ids("job") == ids
-    assert [e.data for e in recorder.events["job"]] == [1, 2, 3, "ok"]
-
-
-async def test_two_broker_processes(redis_backend: Backend) -> None:
-    """Both relay the same writes; a deletion on one disconnects the other's watchers."""
-    first, first_seen = await redis_backend.engine()
-    second, second_seen = await redis_backend.engine()
-    await first.create("shared")
-    await first.watch("shared")
-    await second.watch("shared")
-    ids = (await first.append("shared", msgs(1, 2))).ids
-    ids += (await second.append("shared", msgs(3))).ids
-    await until(lambda: len(first_seen.ids("shared")) == 3 == len(second_seen.ids("shared")))
-    assert first_seen.ids("shared") == ids == second_seen.ids("shared")
-    assert [c.id for c in await second.channels()] == ["shared"]
-    assert await second.delete("shared") is True
-    await until(lambda: first_seen.gone == ["shared"] and second_seen.gone == ["shared"])
-    assert await first.exists_many(["shared"]) == [False]
-
-
-async def test_watch_before_create(redis_backend: Backend) -> None:
-    engine, recorder = await redis_backend.engine()
-    await engine.watch("later")
-    await engine.create("later")
-    ids = (await engine.append("later", msgs(1))).ids
-    await until(lambda: recorder.ids("later") == ids)
-
-
 def _reconnected(engine: RedisEngine, times: int) -> bool:
-    return engine.reconnects >= times
+    return engine.feed.reconnects >= times
 
 
 async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
@@ -597,7 +749,7 @@ async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
         # fakeredis has no CLIENT KILL: close the relay's connection under it instead. That does
         # not wake a pending read on fakeredis, so the relay notices on its next health check
         # (shortened by the test), as it would a half-open TCP connection.
-        conn = engine._conn
+        conn = engine.feed._conn
         assert conn is not None
         await conn.disconnect()
 
@@ -608,8 +760,8 @@ async def test_pubsub_reconnect_catches_up(
     """Events appended while the relay's pub/sub connection is down arrive once, in order."""
     backend = redis_backend
     # A long first retry delay makes sure the appends below happen while disconnected.
-    monkeypatch.setattr(redis_engine_module, "RECONNECT_MIN", 0.5)
-    monkeypatch.setattr(redis_engine_module, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(live_feed_module, "RECONNECT_MIN", 0.5)
+    monkeypatch.setattr(live_feed_module, "HEALTH_INTERVAL", 0.2)
     engine, recorder = await backend.engine()
     assert isinstance(engine, RedisEngine)
     assert backend.client is not None
@@ -621,7 +773,7 @@ async def test_pubsub_reconnect_catches_up(
     await until(lambda: recorder.ids("r1") == ids["r1"] and recorder.ids("r2") == ids["r2"])
 
     await _drop_pubsub(backend, engine)
-    await until(lambda: engine.reconnects == 1)
+    await until(lambda: engine.feed.reconnects == 1)
     for n in range(10):
         ids["r1"] += (await engine.append("r1", msgs(n))).ids
     ids["r1"] += (await engine.append("r1", [("end", pack(None))])).ids
@@ -636,25 +788,40 @@ async def test_pubsub_reconnect_catches_up(
     await until(lambda: recorder.ids("r1") == ids["r1"])
     assert recorder.gone == ["r2"]
     assert recorder.ids("r2") == ids["r2"]
-    assert engine.caught_up == 11, "what was appended while disconnected came from the stream"
+    assert engine.feed.caught_up == 11, "what was appended while disconnected came from the stream"
     # And live delivery works on the new connection.
     r3 += (await engine.append("r3", msgs("more"))).ids
     await until(lambda: recorder.ids("r3") == r3)
-    assert engine.reconnects == 1
+    assert engine.feed.reconnects == 1
 
 
-async def test_one_pubsub_connection_for_all_channels(redis_backend: Backend) -> None:
-    """The relay's cost does not grow with watched channels: one connection, one task."""
-    if redis_backend.kind != "redis":
-        pytest.skip("counts server-side connections; fakeredis has no CLIENT LIST TYPE")
-    client: Any = redis_backend.client
-    engine, recorder = await redis_backend.engine()
+async def test_one_pubsub_connection_for_all_channels(redis_url: str) -> None:
+    """The relay's cost does not grow with watched channels: one connection, one task.
+    (A real Redis only: it counts server-side connections, which fakeredis cannot list.)"""
+    client: Any = Redis.from_url(redis_url)
+    before = len(_lines(await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")))
+    engine = RedisEngine(
+        Limits(), prefix=f"test-{uuid.uuid4().hex}", client=Redis.from_url(redis_url)
+    )
+    recorder = Recorder()
+    await engine.start(recorder)
+    try:
+        await _one_pubsub_connection(engine, recorder, client, before)
+    finally:
+        await engine.close()
+        await engine.redis.aclose()
+        await client.aclose()
+
+
+async def _one_pubsub_connection(
+    engine: Engine, recorder: Recorder, client: Any, before: int
+) -> None:
     names = [f"many-{n}" for n in range(50)]
     for name in names:
         await engine.create(name)
     await asyncio.gather(*(engine.watch(name) for name in names))
     listing = await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
-    assert len([line for line in _lines(listing) if line]) == 1
+    assert len(_lines(listing)) == before + 1
     for name in names:
         await engine.append(name, msgs(name))
     await until(lambda: all(len(recorder.ids(name)) == 1 for name in names))
@@ -662,7 +829,7 @@ async def test_one_pubsub_connection_for_all_channels(redis_backend: Backend) ->
 
 def _lines(listing: Any) -> list[str]:
     text = listing.decode() if isinstance(listing, bytes) else str(listing)
-    return text.splitlines()
+    return [line for line in text.splitlines() if line]
 
 
 async def test_rewatch_after_unwatch(backend: Backend) -> None:
@@ -707,7 +874,7 @@ async def test_watch_guarantee_under_concurrent_writes(backend: Backend) -> None
     await until(lambda: bool(recorder.ids("busy")) and recorder.ids("busy")[-1] == written[-1])
     delivered = recorder.ids("busy")
     assert delivered == sorted(set(delivered), key=key), "in order, no duplicate"
-    assert delivered[-len(after):] == after
+    assert delivered[-len(after) :] == after
     # Whatever came before the boundary is a contiguous run of the stream (no holes).
     start = written.index(delivered[0])
     assert delivered == written[start:]
@@ -718,7 +885,7 @@ async def test_relay_survives_drops_under_load(
 ) -> None:
     """Drop the pub/sub connection twice while a writer appends: no loss, no duplicate."""
     backend = redis_backend
-    monkeypatch.setattr(redis_engine_module, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(live_feed_module, "HEALTH_INTERVAL", 0.2)
     engine, recorder = await backend.engine()
     assert isinstance(engine, RedisEngine)
     worker = backend.new_client() if backend.new_client else None
@@ -745,7 +912,7 @@ async def test_relay_survives_drops_under_load(
     await until(lambda: len(recorder.ids("load")) >= len(written))
     await asyncio.sleep(0.1)
     assert recorder.ids("load") == written
-    assert engine.caught_up > 0, "some events were appended while disconnected"
+    assert engine.feed.caught_up > 0, "some events were appended while disconnected"
 
 
 async def test_engine_from_url_absorbs_bursts(redis_url: str) -> None:

@@ -32,7 +32,8 @@ async def _client(settings: Settings) -> TestClient[web.Request, web.Application
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    client = await _client(Settings(secret="k1:" + "s" * 32))
+    # Admin routes need the admin token unless the broker runs with --admin-open (local dev).
+    client = await _client(Settings(secret="k1:" + "s" * 32, admin_open=True))
     yield client
     await client.close()
 
@@ -104,7 +105,7 @@ def test_the_checker_rejects_wrong_values() -> None:
     with pytest.raises(AssertionError, match="missing 'read_token'"):
         check({"id": "a", "state": "open"}, {"$ref": "#/components/schemas/Opened"}, doc)
     with pytest.raises(AssertionError, match="not in"):
-        health = {"status": "sleepy", "engine": "memory"}
+        health = {"status": "sleepy", "engine": "memory", "engine_ok": True}
         check(health, {"$ref": "#/components/schemas/Health"}, doc)
     with pytest.raises(AssertionError, match="is not"):
         token = {"unbroken": 1, "broker": 5, "channel": "c", "token": "t"}
@@ -269,7 +270,8 @@ async def test_metrics_count_real_traffic(client: TestClient[Any, Any]) -> None:
 
 
 async def test_two_apps_in_one_process_keep_separate_metrics() -> None:
-    first, second = await _client(Settings()), await _client(Settings())
+    first = await _client(Settings(admin_open=True))
+    second = await _client(Settings(admin_open=True))
     try:
         await open_channel(first)
         assert (await scrape(first))[("unbroken_channels_opened_total", ())] == 1
@@ -298,7 +300,9 @@ async def test_metrics_and_admin_json_need_the_admin_token_when_one_is_set() -> 
 
 async def test_redis_command_latency_is_recorded(redis_url: str) -> None:
     prefix = f"ops-test-{uuid.uuid4().hex[:8]}"
-    client = await _client(Settings(engine="redis", redis_url=redis_url, redis_prefix=prefix))
+    client = await _client(
+        Settings(engine="redis", redis_url=redis_url, redis_prefix=prefix, admin_open=True)
+    )
     try:
         opened = await open_channel(client)
         response = await client.post(f"/v1/channels/{opened['id']}/messages", json={"data": 1},

@@ -54,14 +54,15 @@ async def test_channels_and_inspect_commands_against_a_running_broker() -> None:
     from tests.support import running_broker
     from worker.channel import Channel
 
-    async with running_broker() as broker:
+    async with running_broker(admin_token="cli-admin") as broker:
         opened = await broker.open(name="inspect-me")
-        async with Channel.from_token(opened["channel_token"]) as channel:
+        async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
             await channel.write_many([{"n": 1}, {"n": 2}])
 
         async def cli(*args: str) -> tuple[int, str]:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "broker", *args, "--broker", broker.url,
+                "--admin-token", "cli-admin",
                 cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
             output, _ = await process.communicate()

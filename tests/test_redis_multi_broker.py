@@ -95,7 +95,7 @@ async def test_resume_on_another_broker_with_a_worker_writing_to_redis(
             opened = await response.json()
         # The worker never talks to a broker: it appends to the stream itself.
         channel = Channel.from_token(
-            opened["channel_token"], redis_url=redis_url, redis_prefix=prefix
+            opened["channel_token"], redis_url=redis_url, redis_prefix=prefix, secret=SECRET
         )
         reader = asyncio.create_task(read(session, opened, transport, stop_after=100))
         await asyncio.sleep(0.3)
@@ -127,9 +127,13 @@ async def test_workers_share_the_port_with_so_reuseport(
     with broker_process(redis_url, prefix, "--workers", "2") as url:
         await wait_healthy(session, url)
         pids: set[int] = set()
-        for _ in range(40):  # the kernel spreads new connections over both processes
+        # The kernel spreads new connections over both processes; the second may still be
+        # starting when the first answers, so ask until both did (bounded).
+        for _ in range(400):
             async with aiohttp.ClientSession() as fresh, fresh.get(f"{url}/healthz") as response:
                 pids.add((await response.json())["pid"])
+            if len(pids) == 2:
+                break
         assert len(pids) == 2
         opened_on_any = []
         for _ in range(10):
@@ -140,7 +144,7 @@ async def test_workers_share_the_port_with_so_reuseport(
                 assert response.status == 201
                 opened_on_any.append(await response.json())
         for opened in opened_on_any:  # whichever process opened it, any process serves it
-            async with Channel.from_token(opened["channel_token"]) as channel:
+            async with Channel.from_token(opened["channel_token"], broker_url=url) as channel:
                 await channel.write("hello")
             async with aiohttp.ClientSession() as fresh:
                 received = await read(fresh, opened, "poll")

@@ -53,7 +53,7 @@ async def test_sigterm_tells_readers_to_reconnect_and_exits_in_time() -> None:
         async with http.get(base + "/events", headers=bearer(read)) as sse, http.ws_connect(
             base.replace("http", "ws", 1) + f"/ws?token={read}"
         ) as ws:
-            worker = Channel.from_token(opened["channel_token"], timeout=5)
+            worker = Channel.from_token(opened["channel_token"], broker_url=broker.url, timeout=5)
             event_id = await worker.write("before shutdown")
             await worker.close()
             assert await read_sse_event(sse) == {
@@ -84,7 +84,7 @@ async def test_reader_resumes_on_another_broker_without_loss(redis_url: str) -> 
         channel, read = opened["id"], opened["read_token"]
         # The worker writes to Redis directly: writes go on while the first broker is down.
         worker = Channel.from_token(opened["channel_token"], redis_url=redis_url,
-                                    redis_prefix=prefix, timeout=5)
+                                    redis_prefix=prefix, secret=SECRET, timeout=5)
         received: list[Any] = []
         last_id = None
         async with http.get(f"{first.url}/v1/channels/{channel}/events",

@@ -3,6 +3,7 @@
 from worker.channel import Channel, SyncChannel
 from worker.errors import (
     BadTokenError,
+    ChannelCancelled,
     ChannelEndedError,
     ChannelExpiredError,
     InvalidMessageError,
@@ -10,14 +11,17 @@ from worker.errors import (
     WorkerError,
     WriteFailedError,
 )
+from worker.pool import Pool
 
 __all__ = [
     "BadTokenError",
     "Channel",
+    "ChannelCancelled",
     "ChannelEndedError",
     "ChannelExpiredError",
     "InvalidMessageError",
     "MessageTooLargeError",
+    "Pool",
     "SyncChannel",
     "WorkerError",
     "WriteFailedError",

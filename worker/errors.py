@@ -38,3 +38,10 @@ class WriteFailedError(WorkerError):
     """The broker or Redis stayed unreachable through every retry."""
 
     code = "write_failed"
+
+
+class ChannelCancelled(ChannelEndedError):
+    """The reader cancelled the channel ("stop generation"): stop producing, nothing more can be
+    written. An `async with Channel...` block that ends with it exits cleanly."""
+
+    code = "channel_cancelled"

@@ -9,12 +9,14 @@
 -- ARGV[6], ARGV[7], ... pairs of (type, msgpack data); only the last may be end/error
 --
 -- Returns {'ok', last_id, id1, id2, ...} | {'duplicate', last_id_of_writer} | {'not_found'}
--- | {'ended'}. last_id is '' when the channel holds no event.
+-- | {'ended'} | {'cancelled'} (a reader cancelled it: cancel.lua). last_id is '' when the
+-- channel holds no event.
 
 local events, meta, writers = KEYS[1], KEYS[2], KEYS[3]
 local live, now, writer = ARGV[1], ARGV[2], ARGV[3]
 
-local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'retention', 'max_messages', 'last_id')
+local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'retention', 'max_messages', 'last_id',
+  'writer_timeout')
 if not m[1] then
   return {'not_found'}
 end
@@ -31,6 +33,9 @@ if writer ~= '' then
   end
 end
 
+if m[1] == 'cancelled' then
+  return {'cancelled'}
+end
 if m[1] ~= 'open' then
   return {'ended'}
 end
@@ -69,6 +74,13 @@ if terminal then
   ttl = tonumber(m[3])
 else
   ttl = tonumber(m[2])
+  -- A write renews the writer lease (deadline on the server's clock, see create.lua).
+  local lease = tonumber(m[6] or '0') or 0
+  if lease > 0 then
+    local t = redis.call('TIME')
+    redis.call('HSET', meta, 'writer_deadline',
+      tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease * 1000)
+  end
 end
 if writer ~= '' then
   redis.call('HSET', writers, writer, ARGV[5] .. ' ' .. last_id)

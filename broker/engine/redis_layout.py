@@ -14,7 +14,8 @@ broker.engine.base / broker.events), so a worker process can use it with a plain
         [("message", pack(value))],  # (type, msgpack bytes); only the last may be end/error
         writer="w-1234", seq=7,    # optional idempotency key; both or neither
     )  # -> AppendResult(ids, duplicate, last_event_id)
-       # raises ChannelNotFound (expired/deleted/never created), ChannelEnded, ValueError
+       # raises ChannelNotFound (expired/deleted/never created), ChannelEnded,
+       # ChannelCancelled (a reader cancelled: stop generating), ValueError
 
 The channel's limits (idle_ttl, retention, max_messages) are stored in its meta hash when the
 broker creates it, so a writer needs no configuration beyond the Redis URL and the prefix.
@@ -23,16 +24,26 @@ See docs/redis-layout.md for the layout and redis-cli recipes.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
-from broker.engine.base import AppendResult, ChannelEnded, ChannelNotFound, Limits
-from broker.events import TERMINAL_TYPES, EventType
+from broker.engine.base import (
+    AppendResult,
+    ChannelCancelled,
+    ChannelEnded,
+    ChannelNotFound,
+    Limits,
+    check_batch,
+    writer_timeout_error,
+)
+from broker.events import Event, EventType, pack
 
 DEFAULT_PREFIX = "unbroken"
 
@@ -40,13 +51,39 @@ DEFAULT_PREFIX = "unbroken"
 DELETED_NOTICE = b"\ndeleted\n"
 
 
-def _load(name: str) -> str:
-    return Path(__file__).with_name(name).read_text(encoding="utf-8")
+@dataclass(slots=True)
+class LuaScript:
+    """A Lua script loaded once per process and run by its SHA1 (EVALSHA).
+
+    Works with any client (Redis, RedisCluster, a Sentinel-managed master): the body is sent only
+    when a server answers NOSCRIPT (a restarted or newly promoted node), not with every call.
+    """
+
+    name: str
+    body: bytes
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha = hashlib.sha1(self.body).hexdigest()
+
+    async def __call__(self, redis: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # EVAL both runs and caches it on the node that owns these keys.
+            return await redis.eval(self.body, len(keys), *keys, *args)
 
 
-APPEND_LUA = _load("append.lua")
-CREATE_LUA = _load("create.lua")
-DELETE_LUA = _load("delete.lua")
+def _load(name: str) -> LuaScript:
+    return LuaScript(name, Path(__file__).with_name(name).read_bytes())
+
+
+APPEND = _load("append.lua")
+CREATE = _load("create.lua")
+DELETE = _load("delete.lua")
+CANCEL = _load("cancel.lua")
+HEARTBEAT = _load("heartbeat.lua")
+EXPIRE_WRITER = _load("expire_writers.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,27 +124,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def check_items(items: Sequence[tuple[EventType, bytes]]) -> None:
-    """Only the last item of a batch may be terminal: nothing may follow an end or error."""
-    for kind, _ in items[:-1]:
-        if kind in TERMINAL_TYPES:
-            raise ValueError("only the last event of a batch may be 'end' or 'error'")
-    for kind, payload in items:
-        if kind not in ("message", "end", "error"):
-            raise ValueError(f"unknown event type {kind!r}")
-        if not isinstance(payload, bytes):
-            raise ValueError("event data must be msgpack bytes")
-
-
 async def create_channel(
-    redis: Redis, prefix: str, channel_id: str, limits: Limits, *, created_at: int | None = None
+    redis: Redis,
+    prefix: str,
+    channel_id: str,
+    limits: Limits,
+    *,
+    created_at: int | None = None,
+    writer_timeout: int = 0,
 ) -> bool:
-    """Create an open channel with these limits; False when it already exists."""
+    """Create an open channel with these limits and writer lease (seconds, 0 = none); False
+    when it already exists."""
     keys = channel_keys(prefix, channel_id)
     now = now_ms() if created_at is None else created_at
-    created = await redis.register_script(CREATE_LUA)(
-        keys=list(keys.stored),
-        args=[now, limits.idle_ttl, limits.retention, limits.max_messages],
+    created = await CREATE(
+        redis,
+        keys.stored,
+        [now, limits.idle_ttl, limits.retention, limits.max_messages, writer_timeout],
     )
     if not created:
         return False
@@ -131,27 +164,34 @@ async def append_events(
     With a writer id and seq, the batch takes the seqs `seq … seq+len-1`; a batch whose seq is
     not above the writer's last stored seq is a duplicate: nothing is stored and the result has
     `duplicate=True` and the writer's last event id (even if the channel has ended since).
-    Raises ChannelNotFound, ChannelEnded, ValueError (bad batch).
+    Raises ChannelNotFound, ChannelEnded, ChannelCancelled, ValueError (bad batch).
     """
-    check_items(items)
-    dedup = writer is not None and seq is not None
-    if dedup and (seq is None or seq < 1):
-        raise ValueError("seq must be an integer >= 1")
+    check_batch(items, writer, seq)
+    return await run_append(redis, prefix, channel_id, items, writer=writer, seq=seq)
+
+
+async def run_append(
+    redis: Redis,
+    prefix: str,
+    channel_id: str,
+    items: Sequence[tuple[EventType, bytes]],
+    *,
+    writer: str | None,
+    seq: int | None,
+) -> AppendResult:
+    """append_events() for a batch already checked by check_batch() (the engine's path)."""
     keys = channel_keys(prefix, channel_id)
     args: list[str | bytes | int] = [
         keys.live,
         now_ms(),
-        writer if dedup and writer is not None else "",
-        seq if dedup and seq is not None else 0,
-        seq + len(items) - 1 if dedup and seq is not None else 0,
+        writer if writer is not None else "",
+        seq if seq is not None else 0,
+        seq + len(items) - 1 if seq is not None else 0,
     ]
     for kind, payload in items:
         args.append(kind)
         args.append(payload)
-    # Script.__call__ runs EVALSHA and loads the script on NOSCRIPT, so the body is sent once per
-    # server, not with every write.
-    script = redis.register_script(APPEND_LUA)
-    reply = await script(keys=list(keys.stored), args=args)
+    reply = await APPEND(redis, keys.stored, args)
     status = _text(reply[0])
     if status == "ok":
         last_id = _text(reply[1]) or None
@@ -162,14 +202,92 @@ async def append_events(
         return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
     if status == "not_found":
         raise ChannelNotFound(channel_id)
+    if status == "cancelled":
+        raise ChannelCancelled(channel_id)
     if status == "ended":
         raise ChannelEnded(channel_id)
     raise RuntimeError(f"append.lua answered {reply!r}")
 
 
+async def cancel_channel(
+    redis: Redis, prefix: str, channel_id: str, payload: bytes
+) -> AppendResult:
+    """Append the terminal `cancelled` event (cancel.lua): see Engine.cancel()."""
+    keys = channel_keys(prefix, channel_id)
+    reply = await CANCEL(redis, keys.stored, [keys.live, now_ms(), payload])
+    status = _text(reply[0])
+    if status == "ok":
+        event_id = _text(reply[1])
+        return AppendResult(ids=[event_id], duplicate=False, last_event_id=event_id)
+    if status == "duplicate":
+        return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
+    if status == "not_found":
+        raise ChannelNotFound(channel_id)
+    if status == "ended":
+        raise ChannelEnded(channel_id)
+    raise RuntimeError(f"cancel.lua answered {reply!r}")
+
+
+async def heartbeat(redis: Redis, prefix: str, channel_id: str) -> None:
+    """A writer's sign of life (heartbeat.lua): renews the channel's writer lease (and its idle
+    TTL) without appending. Writers that write straight into Redis call it every
+    writer_timeout/3 while they work without writing.
+    Raises ChannelNotFound, ChannelEnded, ChannelCancelled (stop: a reader cancelled)."""
+    keys = channel_keys(prefix, channel_id)
+    reply = await HEARTBEAT(redis, keys.stored, [])
+    status = _text(reply[0])
+    if status == "ok":
+        return
+    if status == "not_found":
+        raise ChannelNotFound(channel_id)
+    if status == "cancelled":
+        raise ChannelCancelled(channel_id)
+    if status == "ended":
+        raise ChannelEnded(channel_id)
+    raise RuntimeError(f"heartbeat.lua answered {reply!r}")
+
+
+async def expire_writers(redis: Redis, prefix: str, channel_ids: Sequence[str]) -> list[str]:
+    """End each open channel among these whose writer lease ran out with the terminal `error`
+    event `{"code": "writer_timeout", ...}`; returns the ids of the channels it ended.
+
+    One pipelined HMGET finds the candidates; expire_writers.lua then re-checks and appends
+    atomically per channel, so a write or heartbeat that lands in between wins.
+    """
+    if not channel_ids:
+        return []
+    metas = [channel_keys(prefix, channel_id).meta for channel_id in channel_ids]
+    async with redis.pipeline(transaction=False) as pipe:
+        for meta in metas:
+            pipe.hmget(meta, ["state", "writer_timeout", "writer_deadline"])
+        replies = await pipe.execute()
+    now = now_ms()
+    ended: list[str] = []
+    for channel_id, (state, lease, deadline) in zip(channel_ids, replies, strict=True):
+        # The server's clock decides in the script; this pre-check only skips the clearly alive
+        # (a second of slack for a broker clock behind the server's).
+        if state != b"open" or not lease or int(lease) <= 0:
+            continue
+        if not deadline or not 0 < int(deadline) <= now + 1000:
+            continue
+        keys = channel_keys(prefix, channel_id)
+        payload = pack(writer_timeout_error(int(lease)))
+        reply = await EXPIRE_WRITER(redis, keys.stored, [keys.live, now, payload])
+        if _text(reply[0]) == "ok":
+            ended.append(channel_id)
+    return ended
+
+
 async def delete_channel(redis: Redis, prefix: str, channel_id: str) -> bool:
     """Delete a channel's keys and publish the deletion notice; False when it did not exist."""
     keys = channel_keys(prefix, channel_id)
-    deleted = await redis.register_script(DELETE_LUA)(keys=list(keys.stored), args=[keys.live])
+    deleted = await DELETE(redis, keys.stored, [keys.live])
     await redis.zrem(index_key(prefix), channel_id)
     return bool(deleted)
+
+
+def entry_event(entry_id: Any, fields: dict[Any, Any]) -> Event:
+    """The event of one stream entry (as XRANGE returns it)."""
+    kind = fields.get(b"type", fields.get("type", b"message"))
+    data = fields.get(b"data", fields.get("data", b"\xc0"))
+    return Event(_text(entry_id), cast(EventType, _text(kind)), data)

@@ -3,7 +3,9 @@
     POST /chat {"channel": <the channel token the app passed>, "prompt": "hello"}
 
 It answers at once (as a cloud function would) and keeps writing in the background, through
-Redis when UNBROKEN_REDIS_URL is set, otherwise through the broker's HTTP write API.
+Redis when UNBROKEN_REDIS_URL is set (with UNBROKEN_SECRET, the broker's key ring, to verify the
+token), otherwise through the broker's HTTP write API at UNBROKEN_BROKER_URL (the only brokers
+this backend will talk to). A "stop" from the app ends the loop quietly (ChannelCancelled).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from aiohttp import web
 
 from worker.channel import Channel
 from worker.errors import WorkerError
+from worker.pool import Pool
 
 TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("tasks", set)
+POOL: web.AppKey[Pool] = web.AppKey("pool", Pool)
 
 
-async def stream_reply(token: object, prompt: str) -> None:
-    async with Channel.from_token(token) as channel:  # type: ignore[arg-type]
+async def stream_reply(channel: Channel, prompt: str) -> None:
+    # Leaving the block ends the channel; a Stop from the app ends it quietly (ChannelCancelled).
+    async with channel:
         for word in f"You said: {prompt}. Here is a slow, streamed answer.".split():
             await channel.write({"delta": word + " "})
             await asyncio.sleep(0.05)
@@ -29,19 +34,26 @@ async def stream_reply(token: object, prompt: str) -> None:
 async def chat(request: web.Request) -> web.Response:
     body = await request.json()
     try:
-        Channel.from_token(body["channel"])  # reject a bad token before answering
+        # Verify the token before answering; every channel shares the app's connections.
+        channel = Channel.from_token(body["channel"], pool=request.app[POOL])
     except (KeyError, WorkerError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    task = asyncio.create_task(stream_reply(body["channel"], str(body.get("prompt", ""))))
+    task = asyncio.create_task(stream_reply(channel, str(body.get("prompt", ""))))
     request.app[TASKS].add(task)
     task.add_done_callback(request.app[TASKS].discard)
     return web.json_response({"accepted": True}, status=202)
 
 
+async def close_pool(app: web.Application) -> None:
+    await app[POOL].close()
+
+
 def create_app() -> web.Application:
     app = web.Application()
     app[TASKS] = set()
+    app[POOL] = Pool()
     app.router.add_post("/chat", chat)
+    app.on_cleanup.append(close_pool)
     return app
 
 

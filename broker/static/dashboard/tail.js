@@ -12,7 +12,7 @@
 //
 // `?tail=eventsource` in the page URL forces the fallback (the browser test covers both paths).
 
-const TERMINAL = new Set(['end', 'error']);
+const TERMINAL = new Set(['end', 'error', 'cancelled']);
 
 async function loadSdk() {
   if (new URLSearchParams(location.search).get('tail') === 'eventsource') return null;
@@ -26,7 +26,7 @@ async function loadSdk() {
 
 /**
  * Tail `channelId` after `lastId` (or from its start). Calls onEvent({id, type, data}) for each
- * event (type message | end | error | gap) and onMode(text) with the mechanism in use.
+ * event (type message | end | error | cancelled | gap) and onMode(text) with the mechanism in use.
  * `getToken()` returns a read token (async). Returns a function that stops the tail.
  */
 export async function tail({ channelId, lastId, getToken, onEvent, onMode }) {
@@ -50,7 +50,7 @@ function tailWithSdk(sdk, url, lastId, getToken, onEvent, onMode) {
     event(ev) {
       if (ev.event === 'gap') onEvent({ type: 'gap', data: JSON.parse(ev.data) });
       // `reconnect` needs nothing here: the broker closes the stream next and we resume.
-      if (!['message', 'end', 'error'].includes(ev.event) || !dedupe.accept(ev.id)) return;
+      if (!['message', 'end', 'error', 'cancelled'].includes(ev.event) || !dedupe.accept(ev.id)) return;
       onEvent({ id: ev.id, type: ev.event, data: JSON.parse(ev.data) });
       if (TERMINAL.has(ev.event)) ended = true;
     },
@@ -108,7 +108,7 @@ function tailWithEventSource(url, lastId, getToken, onEvent, onMode) {
       onEvent({ id: e.lastEventId || undefined, type, data: JSON.parse(e.data) });
       if (TERMINAL.has(type)) { source.close(); onMode('ended'); }
     };
-    for (const type of ['message', 'end', 'error', 'gap']) {
+    for (const type of ['message', 'end', 'error', 'cancelled', 'gap']) {
       source.addEventListener(type, handle(type));
     }
   })();

@@ -29,7 +29,8 @@ HEARTBEAT = 0.5  # short, so the client's watchdog (2.5 heartbeats) acts within 
 def broker_process(*extra: str, heartbeat: float = HEARTBEAT) -> Iterator[str]:
     """`python -m broker serve --engine memory` on a free port; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "UNBROKEN_OPEN_RATE": "1000", "UNBROKEN_OPEN_BURST": "10000"}
+    env = {**os.environ, "UNBROKEN_OPEN_RATE": "1000", "UNBROKEN_OPEN_BURST": "10000",
+           "UNBROKEN_MAX_OPEN_RATE": "0"}  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [
         sys.executable, "-m", "broker", "serve", "--engine", "memory",

@@ -1,0 +1,45 @@
+-- Cancel a channel: append the terminal 'cancelled' event and set state 'cancelled', atomically.
+-- See docs/redis-layout.md. Any reader may cancel (a Stop button); the writer learns it from the
+-- 'cancelled' entry on the live pub/sub channel, the meta state, or append.lua's answer.
+--
+-- KEYS[1] events stream, KEYS[2] meta hash, KEYS[3] writers hash (all in one hash slot)
+-- ARGV[1] pub/sub channel for live delivery
+-- ARGV[2] now, ms since the epoch (updated_at)
+-- ARGV[3] the event's msgpack data ({"reason": ...})
+--
+-- Returns {'ok', id} | {'duplicate', last_id} (already cancelled) | {'not_found'} | {'ended'}.
+
+local events, meta, writers = KEYS[1], KEYS[2], KEYS[3]
+local live, now, data = ARGV[1], ARGV[2], ARGV[3]
+
+local m = redis.call('HMGET', meta, 'state', 'retention', 'max_messages', 'last_id')
+if not m[1] then
+  return {'not_found'}
+end
+if m[1] == 'cancelled' then
+  return {'duplicate', m[4] or ''}
+end
+if m[1] ~= 'open' then
+  return {'ended'}
+end
+
+local id = redis.call('XADD', events, '*', 'type', 'cancelled', 'data', data)
+
+-- Exact trimming, as in append.lua.
+local max_messages = tonumber(m[3])
+local length = redis.call('XLEN', events)
+if max_messages and length > max_messages then
+  local dropped = redis.call('XRANGE', events, '-', '+', 'COUNT', length - max_messages)
+  redis.call('HSET', meta, 'dropped_until', dropped[#dropped][1])
+  redis.call('XTRIM', events, 'MAXLEN', max_messages)
+end
+
+redis.call('HSET', meta, 'state', 'cancelled', 'updated_at', now, 'last_id', id)
+redis.call('HINCRBY', meta, 'count', 1)
+local ttl = tonumber(m[2]) * 1000
+redis.call('PEXPIRE', meta, ttl)
+redis.call('PEXPIRE', events, ttl)
+redis.call('PEXPIRE', writers, ttl)
+
+redis.call('PUBLISH', live, id .. '\n' .. 'cancelled' .. '\n' .. data)
+return {'ok', id}

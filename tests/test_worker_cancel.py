@@ -1,0 +1,175 @@
+"""Stop generation, writer side (issue 10.1): an LLM-like writer stops within 100 ms of the
+reader's cancel, over HTTP and straight on Redis, and learns of it live while silent."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.support import Broker, read, redis_settings, running_broker
+from worker import Channel, ChannelCancelled, ChannelEndedError, SyncChannel
+
+SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
+
+
+@pytest.fixture(autouse=True)
+def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("UNBROKEN_SECRET", "UNBROKEN_BROKER_URL", "UNBROKEN_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(params=["http", "redis"])
+async def path(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, dict[str, Any]]]:
+    if request.param == "http":
+        async with running_broker() as broker:
+            yield broker, {"broker_url": broker.url}
+    else:
+        redis_url = request.getfixturevalue("redis_url")
+        settings = redis_settings(redis_url)
+        async with running_broker(settings) as broker:
+            yield (
+                broker,
+                {
+                    "redis_url": redis_url,
+                    "redis_prefix": settings.redis_prefix,
+                    "secret": SECRET,
+                },
+            )
+
+
+async def cancel(broker: Broker, opened: dict[str, Any], reason: str | None = "stop") -> float:
+    """The reader's Stop button; returns when it was pressed (before the request)."""
+    pressed = time.monotonic()
+    async with broker.session.post(
+        f"{broker.url}/v1/channels/{opened['id']}/cancel",
+        json={"reason": reason},
+        headers={"Authorization": f"Bearer {opened['read_token']}"},
+    ) as response:
+        assert response.status == 201, await response.text()
+    return pressed
+
+
+async def test_llm_writer_stops_within_100_ms_of_cancel(
+    path: tuple[Broker, dict[str, Any]],
+) -> None:
+    broker, options = path
+    opened = await broker.open()
+    written = 0
+    started = asyncio.Event()
+    stopped_at = 0.0
+
+    async def generate() -> None:
+        nonlocal written, stopped_at
+        async with Channel.from_token(opened["channel_token"], **options) as channel:
+            while True:  # a token every 20 ms until the reader says stop
+                await channel.write({"delta": f"t{written} "})
+                written += 1
+                if written == 10:
+                    started.set()
+                await asyncio.sleep(0.02)
+        # The block ended cleanly: ChannelCancelled was suppressed, no error was reported.
+        stopped_at = time.monotonic()
+        assert channel.cancelled
+
+    task = asyncio.create_task(generate())
+    await asyncio.wait_for(started.wait(), 10)
+    pressed = await cancel(broker, opened)
+    await asyncio.wait_for(task, 5)
+    assert stopped_at - pressed < 0.1, f"stopped {stopped_at - pressed:.3f} s after the cancel"
+
+    received = await read(broker.session, opened, "sse")
+    assert received.events[-1][1:] == ("cancelled", {"reason": "stop"})
+    assert len(received.messages) == written  # nothing after the cancel, nothing lost
+
+
+async def test_a_silent_writer_learns_of_the_cancel_live(
+    path: tuple[Broker, dict[str, Any]],
+) -> None:
+    broker, options = path
+    opened = await broker.open()
+    async with Channel.from_token(opened["channel_token"], **options) as channel:
+        await channel.write("thinking...")
+        assert not channel.cancelled
+        waiter = asyncio.create_task(channel.wait_cancelled())
+        await asyncio.sleep(0.3)  # the watch is subscribed by now (pub/sub or SSE)
+        assert not waiter.done()
+        pressed = await cancel(broker, opened, None)
+        assert await asyncio.wait_for(waiter, 5) is True
+        assert time.monotonic() - pressed < 0.1
+        assert channel.cancelled
+        with pytest.raises(ChannelCancelled):  # refused locally, no request needed
+            await channel.write("too late")
+    received = await read(broker.session, opened, "poll")
+    assert received.messages == ["thinking..."]
+    assert received.events[-1][1:] == ("cancelled", {"reason": None})
+
+    # A channel that ends normally: wait_cancelled answers False.
+    ended = await broker.open()
+    async with Channel.from_token(ended["channel_token"], **options) as channel:
+        waiter = asyncio.create_task(channel.wait_cancelled())
+        await channel.write("done")
+    assert await asyncio.wait_for(waiter, 5) is False
+
+    # Cancelled before the writer even started: its first write says so.
+    early = await broker.open()
+    await cancel(broker, early)
+    writer = Channel.from_token(early["channel_token"], **options)
+    with pytest.raises(ChannelCancelled) as raised:
+        await writer.write("hello?")
+    assert isinstance(raised.value, ChannelEndedError) and raised.value.code == "channel_cancelled"
+    await writer.close()
+
+
+async def test_sync_channel_sees_the_cancel(path: tuple[Broker, dict[str, Any]]) -> None:
+    broker, options = path
+    opened = await broker.open()
+    writing = threading.Event()
+
+    def backend() -> int:
+        written = 0
+        with SyncChannel.from_token(opened["channel_token"], **options) as channel:
+            while not channel.cancelled:
+                channel.write(written)
+                written += 1
+                if written == 5:
+                    writing.set()
+                time.sleep(0.02)
+            assert channel.wait_cancelled(timeout=1) is True
+        return written
+
+    task = asyncio.create_task(asyncio.to_thread(backend))
+    assert await asyncio.to_thread(writing.wait, 10)
+    await cancel(broker, opened)
+    written = await asyncio.wait_for(task, 5)
+    received = await read(broker.session, opened, "poll")
+    assert received.messages == list(range(written))
+    assert received.events[-1][1] == "cancelled"
+
+
+async def test_example_backend_streams_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from examples.backend.app import create_app
+
+    async with running_broker() as broker:
+        monkeypatch.setenv("UNBROKEN_BROKER_URL", broker.url)
+        opened = await broker.open()
+        async with TestClient(TestServer(create_app())) as backend:
+            response = await backend.post(
+                "/chat", json={"channel": opened["channel_token"], "prompt": "hi"}
+            )
+            assert response.status == 202
+            first = await read(broker.session, opened, "sse", stop_after=2)
+            await cancel(broker, opened)
+            received = await read(broker.session, opened, "sse", first)
+            bad = await backend.post(
+                "/chat", json={"channel": dict(opened["channel_token"], broker="http://evil:1")}
+            )
+            assert bad.status == 400 and "UNBROKEN_BROKER_URL" in (await bad.json())["error"]
+    assert 2 <= len(received.messages) < 12  # the answer has 12 words: it stopped early
+    assert received.events[-1][1:] == ("cancelled", {"reason": "stop"})

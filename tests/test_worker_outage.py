@@ -1,0 +1,248 @@
+"""A Redis-direct worker rides out a Redis restart and a frozen Redis (issue 7.16), against a
+private redis-server with an fsynced AOF: no acknowledged write is lost, none is stored twice,
+the writer finishes, and `error()` gets through too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from broker.config import Settings
+from broker.engine.redis_layout import channel_keys
+from tests.redis_server import free_port
+from tests.support import Broker, read, running_broker
+from worker import Channel, WriteFailedError
+
+SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs the redis-server binary"
+)
+
+
+class RestartableRedis:
+    """A redis-server on a fixed port and data dir, so it can be stopped and started again.
+    `appendfsync always`: an acknowledged write survives the restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="unbroken-redis-outage-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()  # SIGTERM: Redis closes its AOF and exits
+        self.process.wait(timeout=10)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signum)
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def redis_and_broker() -> AsyncIterator[tuple[RestartableRedis, Broker, dict[str, Any]]]:
+    server = RestartableRedis()
+    server.start()
+    settings = Settings(engine="redis", redis_url=server.url, redis_prefix="outage")
+    try:
+        async with running_broker(settings) as broker:
+            options = {"redis_url": server.url, "redis_prefix": "outage", "secret": SECRET}
+            yield server, broker, options
+    finally:
+        server.cleanup()
+
+
+class Writer:
+    """An LLM-like writer: one message every 10 ms, counting what was acknowledged."""
+
+    def __init__(self, channel: Channel, total: int) -> None:
+        self.channel = channel
+        self.total = total
+        self.acknowledged = 0
+        self.reached = asyncio.Event()
+        self.mark = total // 3
+
+    async def run(self) -> None:
+        for n in range(self.total):
+            await self.channel.write(n)
+            self.acknowledged += 1
+            if self.acknowledged == self.mark:
+                self.reached.set()
+            await asyncio.sleep(0.01)
+        await self.channel.end("done")
+
+
+async def read_all(broker: Broker, opened: dict[str, Any]) -> Any:
+    # The broker's own Redis connections recover too; a read is retried until they have.
+    for _ in range(100):
+        received = await read(broker.session, opened, "poll")
+        if received.terminal is not None:
+            return received
+        await asyncio.sleep(0.1)
+    raise AssertionError("the channel never ended")
+
+
+async def test_a_writer_rides_out_a_redis_restart(
+    redis_and_broker: tuple[RestartableRedis, Broker, dict[str, Any]],
+) -> None:
+    server, broker, options = redis_and_broker
+    opened, failing = await broker.open(), await broker.open()
+    writer = Writer(Channel.from_token(opened["channel_token"], **options), 200)
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(writer.reached.wait(), 10)
+    server.stop()
+    # While Redis is down, a backend that fails reports it: error() retries like a write.
+    failed = Channel.from_token(failing["channel_token"], **options)
+    reporting = asyncio.create_task(failed.error(RuntimeError("model crashed")))
+    await asyncio.sleep(8)  # the outage
+    assert not task.done() and not reporting.done()
+    server.start()
+    await asyncio.wait_for(task, 30)
+    await asyncio.wait_for(reporting, 30)
+    await writer.channel.close()
+    await failed.close()
+
+    received = await read_all(broker, opened)
+    assert received.messages == list(range(200)) and received.terminal == ("end", "done")
+    received = await read_all(broker, failing)
+    assert received.terminal == ("error", {"message": "model crashed", "type": "RuntimeError"})
+
+
+async def test_a_frozen_redis_is_a_timeout_and_a_retry(
+    redis_and_broker: tuple[RestartableRedis, Broker, dict[str, Any]],
+) -> None:
+    server, broker, options = redis_and_broker
+    opened, short = await broker.open(), await broker.open()
+    # A writer that may only wait 2 s learns of the freeze as an error, not after 30 s.
+    impatient = Channel.from_token(short["channel_token"], timeout=1, retry_for=2, **options)
+    await impatient.write("before")
+    writer = Writer(Channel.from_token(opened["channel_token"], **options), 150)
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(writer.reached.wait(), 10)
+    server.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WriteFailedError):
+            await impatient.write("during")
+        assert time.monotonic() - started < 6
+        # Past the 5 s socket timeout: the writer's request times out and is retried.
+        await asyncio.sleep(7 - (time.monotonic() - started))
+        assert not task.done()
+    finally:
+        server.signal(signal.SIGCONT)
+    await asyncio.wait_for(task, 30)
+    await writer.channel.close()
+    await impatient.close()
+    received = await read_all(broker, opened)
+    assert received.messages == list(range(150)) and received.terminal == ("end", "done")
+
+
+async def test_readonly_replica_is_retried_until_promoted(
+    redis_and_broker: tuple[RestartableRedis, Broker, dict[str, Any]],
+) -> None:
+    primary, broker, options = redis_and_broker
+    replica = RestartableRedis()
+    replica.start()
+    try:
+        client = Redis.from_url(replica.url)
+        await client.replicaof("127.0.0.1", primary.port)
+        opened = await broker.open()
+        meta = channel_keys("outage", opened["id"]).meta
+        for _ in range(100):  # the replica has the channel once it has synced
+            if await client.exists(meta):
+                break
+            await asyncio.sleep(0.05)
+        # The worker is pointed at the replica, as after a failover that has not finished.
+        writer = Channel.from_token(
+            opened["channel_token"], **{**options, "redis_url": replica.url}
+        )
+        write = asyncio.create_task(writer.write("after the failover"))
+        await asyncio.sleep(1)  # READONLY answers, retried
+        assert not write.done()
+        await client.replicaof("NO", "ONE")  # promoted
+        event_id = await asyncio.wait_for(write, 10)
+        await writer.end()
+        await writer.close()
+        entries = await client.xrange(channel_keys("outage", opened["id"]).events)
+        assert entries[0][0].decode() == event_id
+        await client.aclose()
+    finally:
+        replica.cleanup()
+
+
+def test_redis_errors_that_heal_are_retryable() -> None:
+    from redis import exceptions as e
+
+    from worker.transport import _redis_transient
+
+    for exc in (
+        e.ReadOnlyError("READONLY You can't write against a read only replica."),
+        e.BusyLoadingError("LOADING Redis is loading the dataset in memory"),
+        e.MasterDownError("MASTERDOWN Link with MASTER is down"),
+        e.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        e.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        e.MovedError("3999 127.0.0.1:6381"),
+        e.ResponseError("MOVED 3999 127.0.0.1:6381"),
+        e.ConnectionError("Connection refused"),
+        e.TimeoutError("Timeout reading from socket"),
+    ):
+        assert _redis_transient(exc), exc
+    for exc in (
+        e.AuthenticationError("invalid password"),
+        e.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        e.NoScriptError("NOSCRIPT"),
+    ):
+        assert not _redis_transient(exc), exc
