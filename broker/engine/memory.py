@@ -193,9 +193,7 @@ class MemoryEngine(Engine):
             raise ChannelEnded(channel_id)
         return self._store(channel, [("cancelled", payload)])
 
-    def _store(
-        self, channel: _Channel, items: Sequence[tuple[EventType, bytes]]
-    ) -> AppendResult:
+    def _store(self, channel: _Channel, items: Sequence[tuple[EventType, bytes]]) -> AppendResult:
         """Append to an open channel, apply a terminal event's state, tell the watchers."""
         new_events = [Event(channel.next_id(), kind, payload) for kind, payload in items]
         for event in new_events:
