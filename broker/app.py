@@ -105,7 +105,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         middlewares=[_preflight, error_middleware], client_max_size=settings.max_body_bytes
     )
     engine = engine or create_engine(settings)
-    hub = Hub(engine, settings.max_pending_bytes)
+    hub = Hub(engine, settings.max_pending_bytes, settings.heartbeat)
     app[CONTEXT] = BrokerContext(
         settings=settings,
         engine=engine,
@@ -145,6 +145,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.post("/v1/channels/{channel_id}/end", api.end_channel),
             web.post("/v1/channels/{channel_id}/error", api.error_channel),
             web.post("/v1/channels/{channel_id}/cancel", api.cancel_channel),
+            web.post("/v1/channels/{channel_id}/heartbeat", api.writer_heartbeat),
             web.get("/v1/channels/{channel_id}/events", sse.events, allow_head=False),
             web.get("/v1/channels/{channel_id}/stream", sse.stream, allow_head=False),
             web.get("/v1/channels/{channel_id}/ws", ws.websocket, allow_head=False),

@@ -9,6 +9,18 @@ from typing import Any
 
 from broker.engine.base import Limits
 
+MIN_WRITER_TIMEOUT = 5  # seconds; below that a GC pause or a slow LLM token would end channels
+MAX_WRITER_TIMEOUT = 86_400
+
+
+def valid_writer_timeout(value: object) -> bool:
+    """0 (no lease) or MIN..MAX whole seconds."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value == 0 or MIN_WRITER_TIMEOUT <= value <= MAX_WRITER_TIMEOUT)
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -37,6 +49,10 @@ class Settings:
     max_open_rate: float = 200.0  # channel opens per second, all clients together
     max_channels: int = 100_000
     heartbeat: float = 15.0
+    # Writer lease, seconds (0: none): a channel whose writer neither writes nor heartbeats for
+    # this long ends with error {"code": "writer_timeout"}. The default for channels opened
+    # without `writer_timeout`.
+    writer_timeout: int = 60
     token_ttl: int = 86_400
     limits: Limits = field(default_factory=Limits)
     max_message_bytes: int = 256 * 1024
@@ -46,6 +62,12 @@ class Settings:
     log_json: bool = False
     log_level: str = "info"
     shutdown_timeout: float = 10.0
+    # A connection must send a complete request head within header_timeout (slowloris), and an
+    # idle keep-alive connection is closed after keepalive_timeout. Streaming readers are in a
+    # request, so neither applies to them: heartbeats keep them alive.
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 0  # 0: as many as the open-files limit allows (less a reserve)
 
     def with_overrides(self, **values: Any) -> Settings:
         limit_names = {f.name for f in fields(Limits)}
@@ -56,6 +78,11 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if not valid_writer_timeout(self.writer_timeout):
+            raise ValueError(
+                f"writer_timeout must be 0 (no lease) or {MIN_WRITER_TIMEOUT} to "
+                f"{MAX_WRITER_TIMEOUT} seconds, not {self.writer_timeout!r}"
+            )
         if self.engine not in ("memory", "redis"):
             raise ValueError(f"engine must be 'memory' or 'redis', not {self.engine!r}")
         if self.open_policy not in ("open", "key"):
@@ -89,6 +116,7 @@ _ENV_CASTS: dict[str, Any] = {
     "max_open_rate": float,
     "max_channels": int,
     "heartbeat": float,
+    "writer_timeout": int,
     "token_ttl": int,
     "max_message_bytes": int,
     "max_body_bytes": int,
@@ -96,6 +124,9 @@ _ENV_CASTS: dict[str, Any] = {
     "workers": int,
     "log_level": str,
     "shutdown_timeout": float,
+    "header_timeout": float,
+    "keepalive_timeout": float,
+    "max_connections": int,
     "idle_ttl": int,
     "retention": int,
     "max_messages": int,
@@ -116,6 +147,9 @@ def read_secret_file(path: str, what: str) -> str:
     if not value:
         raise ValueError(f"the {what} file {path!r} is empty")
     return value
+
+
+ENV_SETTINGS = (*_ENV_CASTS, "admin_open")  # settings read from UNBROKEN_<NAME>
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:

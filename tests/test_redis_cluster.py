@@ -363,3 +363,14 @@ async def test_sentinel_failover_loses_and_duplicates_nothing(sentinel_pair: Sen
     prefix = f"t{uuid.uuid4().hex[:8]}"
     names = [f"sentinel-{n}" for n in range(4)]
     await run_failover(pair.url, prefix, names, pair.primary.kill, promoted)
+
+
+def test_every_script_publishes_through_the_prelude() -> None:
+    """A script that PUBLISHes by name would be missed by a feed that SSUBSCRIBEs (Redis >= 7)."""
+    from pathlib import Path
+
+    scripts = sorted(Path(__file__).resolve().parent.parent.glob("broker/engine/*.lua"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        assert "'PUBLISH'" not in text and '"PUBLISH"' not in text, script.name

@@ -16,7 +16,8 @@
 local events, meta, writers = KEYS[1], KEYS[2], KEYS[3]
 local live, now, writer = ARGV[1], ARGV[2], ARGV[3]
 
-local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'retention', 'max_messages', 'last_id')
+local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'retention', 'max_messages', 'last_id',
+  'writer_timeout')
 if not m[1] then
   return {'not_found'}
 end
@@ -74,6 +75,13 @@ if terminal then
   ttl = tonumber(m[3])
 else
   ttl = tonumber(m[2])
+  -- A write renews the writer lease (deadline on the server's clock, see create.lua).
+  local lease = tonumber(m[6] or '0') or 0
+  if lease > 0 then
+    local t = redis.call('TIME')
+    redis.call('HSET', meta, 'writer_deadline',
+      tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease * 1000)
+  end
 end
 if writer ~= '' then
   redis.call('HSET', writers, writer, ARGV[5] .. ' ' .. last_id)

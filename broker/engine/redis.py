@@ -45,6 +45,12 @@ from broker.engine.redis_layout import (
     now_ms,
     run_append,
 )
+from broker.engine.redis_layout import (
+    expire_writers as expire_channel_writers,
+)
+from broker.engine.redis_layout import (
+    heartbeat as heartbeat_channel,
+)
 from broker.events import EventType, parse_event_id
 
 _T = TypeVar("_T")
@@ -135,13 +141,18 @@ class RedisEngine(Engine):
     # -- storage --------------------------------------------------------------------------
 
     @timed
-    async def create(self, channel_id: str) -> ChannelInfo:
+    async def create(self, channel_id: str, *, writer_timeout: int = 0) -> ChannelInfo:
         now = now_ms()
         # Not retried once it may have run: a second try would find the channel and say
         # "exists". The index entry is added after the channel (another slot).
         created = await self._retry(
             lambda: create_channel(
-                self._redis, self.prefix, channel_id, self.limits, created_at=now
+                self._redis,
+                self.prefix,
+                channel_id,
+                self.limits,
+                created_at=now,
+                writer_timeout=writer_timeout,
             ),
             idempotent=False,
         )
@@ -155,6 +166,7 @@ class RedisEngine(Engine):
             messages=0,
             last_event_id=None,
             ttl=self.limits.idle_ttl,
+            writer_timeout=writer_timeout,
         )
 
     async def _append(
@@ -178,6 +190,20 @@ class RedisEngine(Engine):
         # A repeated cancel answers "duplicate", like the client's own retry would.
         return await self._retry(
             lambda: cancel_channel(self._redis, self.prefix, channel_id, payload),
+            idempotent=True,
+        )
+
+    @timed
+    async def heartbeat(self, channel_id: str) -> None:
+        await self._retry(
+            lambda: heartbeat_channel(self._redis, self.prefix, channel_id), idempotent=True
+        )
+
+    @timed
+    async def expire_writers(self, channel_ids: Sequence[str]) -> list[str]:
+        # The script re-checks the deadline, so running it twice ends a channel once.
+        return await self._retry(
+            lambda: expire_channel_writers(self._redis, self.prefix, channel_ids),
             idempotent=True,
         )
 
@@ -318,4 +344,5 @@ def _info(channel_id: str, raw_meta: dict[Any, Any], pttl: int) -> ChannelInfo |
         messages=int(meta.get("count", 0)),
         last_event_id=meta.get("last_id") or None,
         ttl=-1 if pttl < 0 else math.floor(pttl / 1000),
+        writer_timeout=int(meta.get("writer_timeout") or 0),
     )

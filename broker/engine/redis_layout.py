@@ -44,9 +44,10 @@ from broker.engine.base import (
     ChannelNotFound,
     Limits,
     check_batch,
+    writer_timeout_error,
 )
 from broker.engine.durability import Durability, run_durably
-from broker.events import Event, EventType
+from broker.events import Event, EventType, pack
 
 DEFAULT_PREFIX = "unbroken"
 
@@ -100,8 +101,14 @@ async def sharded_pubsub(redis: Any) -> bool:
     EVAL_RO (Redis >= 7, like SPUBLISH; read-only, so a replica answers it too): an older server
     refuses the command itself, which means no SPUBLISH either.
     """
+    command = ("EVAL_RO", f"return {SHARDED_PUBSUB_CHECK} and 1 or 0", 0)
+    options: dict[str, Any] = {}
+    if isinstance(redis, RedisCluster):
+        # Without keys a Cluster client must be told where to send it: any node answers the same.
+        await redis.initialize()
+        options["target_nodes"] = redis.get_random_node()
     try:
-        return bool(await redis.eval_ro(f"return {SHARDED_PUBSUB_CHECK} and 1 or 0", 0))
+        return bool(await redis.execute_command(*command, **options))
     except ResponseError:
         return False
 
@@ -110,6 +117,8 @@ APPEND = _load("append.lua")
 CREATE = _load("create.lua")
 DELETE = _load("delete.lua")
 CANCEL = _load("cancel.lua")
+HEARTBEAT = _load("heartbeat.lua")
+EXPIRE_WRITER = _load("expire_writers.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,13 +173,22 @@ def _text(value: Any) -> str:
 
 
 async def create_channel(
-    redis: Client, prefix: str, channel_id: str, limits: Limits, *, created_at: int | None = None
+    redis: Client,
+    prefix: str,
+    channel_id: str,
+    limits: Limits,
+    *,
+    created_at: int | None = None,
+    writer_timeout: int = 0,
 ) -> bool:
-    """Create an open channel with these limits; False when it already exists."""
+    """Create an open channel with these limits and writer lease (seconds, 0 = none); False
+    when it already exists."""
     keys = channel_keys(prefix, channel_id)
     now = now_ms() if created_at is None else created_at
     created = await CREATE(
-        redis, keys.stored, [now, limits.idle_ttl, limits.retention, limits.max_messages]
+        redis,
+        keys.stored,
+        [now, limits.idle_ttl, limits.retention, limits.max_messages, writer_timeout],
     )
     if not created:
         return False
@@ -302,6 +320,56 @@ async def cancel_channel(
     if status == "ended":
         raise ChannelEnded(channel_id)
     raise RuntimeError(f"cancel.lua answered {reply!r}")
+
+
+async def heartbeat(redis: Client, prefix: str, channel_id: str) -> None:
+    """A writer's sign of life (heartbeat.lua): renews the channel's writer lease (and its idle
+    TTL) without appending. Writers that write straight into Redis call it every
+    writer_timeout/3 while they work without writing.
+    Raises ChannelNotFound, ChannelEnded, ChannelCancelled (stop: a reader cancelled)."""
+    keys = channel_keys(prefix, channel_id)
+    reply = await HEARTBEAT(redis, keys.stored, [])
+    status = _text(reply[0])
+    if status == "ok":
+        return
+    if status == "not_found":
+        raise ChannelNotFound(channel_id)
+    if status == "cancelled":
+        raise ChannelCancelled(channel_id)
+    if status == "ended":
+        raise ChannelEnded(channel_id)
+    raise RuntimeError(f"heartbeat.lua answered {reply!r}")
+
+
+async def expire_writers(redis: Client, prefix: str, channel_ids: Sequence[str]) -> list[str]:
+    """End each open channel among these whose writer lease ran out with the terminal `error`
+    event `{"code": "writer_timeout", ...}`; returns the ids of the channels it ended.
+
+    One pipelined HMGET finds the candidates; expire_writers.lua then re-checks and appends
+    atomically per channel, so a write or heartbeat that lands in between wins.
+    """
+    if not channel_ids:
+        return []
+    metas = [channel_keys(prefix, channel_id).meta for channel_id in channel_ids]
+    async with redis.pipeline(transaction=False) as pipe:
+        for meta in metas:
+            pipe.hmget(meta, ["state", "writer_timeout", "writer_deadline"])
+        replies = await pipe.execute()
+    now = now_ms()
+    ended: list[str] = []
+    for channel_id, (state, lease, deadline) in zip(channel_ids, replies, strict=True):
+        # The server's clock decides in the script; this pre-check only skips the clearly alive
+        # (a second of slack for a broker clock behind the server's).
+        if state != b"open" or not lease or int(lease) <= 0:
+            continue
+        if not deadline or not 0 < int(deadline) <= now + 1000:
+            continue
+        keys = channel_keys(prefix, channel_id)
+        payload = pack(writer_timeout_error(int(lease)))
+        reply = await EXPIRE_WRITER(redis, keys.stored, [keys.live, now, payload])
+        if _text(reply[0]) == "ok":
+            ended.append(channel_id)
+    return ended
 
 
 async def delete_channel(redis: Client, prefix: str, channel_id: str) -> bool:
