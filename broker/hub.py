@@ -44,9 +44,14 @@ class Socket(Protocol):
 
     def get_write_buffer_size(self) -> int: ...
 
+    def abort(self) -> None: ...
+
 
 def as_socket(transport: object) -> Socket | None:
-    if all(hasattr(transport, name) for name in ("write", "is_closing", "get_write_buffer_size")):
+    if all(
+        hasattr(transport, name)
+        for name in ("write", "is_closing", "get_write_buffer_size", "abort")
+    ):
         return transport  # type: ignore[return-value]
     return None
 

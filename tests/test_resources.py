@@ -4,9 +4,12 @@ WebSocket readers that never read, against a broker process (issue 7.10, 7.11, 7
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
 import resource
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -246,3 +249,46 @@ async def test_connections_beyond_the_cap_get_a_503() -> None:
                     await asyncio.sleep(0.05)
         log = broker.output()
     assert log.count("connection cap reached") == 1, log
+
+
+async def test_websocket_reader_that_never_reads_is_released() -> None:
+    env = {"UNBROKEN_MAX_PENDING_BYTES": "262144"}
+    async with BrokerProcess("--secret", SECRET, env=env) as broker:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(broker.url + "/v1/channels") as response:
+                opened = await response.json()
+            # A client that sends the upgrade and then never reads a byte (a frozen app).
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", broker.port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            writer.transport.pause_reading()
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                f"GET /v1/channels/{opened['id']}/ws?token={opened['read_token']} HTTP/1.1\r\n"
+                f"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            await writer.drain()
+            status_url = f"{broker.url}/v1/channels/{opened['id']}"
+            params = {"token": opened["read_token"]}
+
+            async def ws_readers() -> int:
+                async with session.get(status_url, params=params) as response:
+                    return int((await response.json())["subscribers"]["ws"])
+
+            async with asyncio.timeout(5):
+                while await ws_readers() != 1:
+                    await asyncio.sleep(0.05)
+            headers = {"Authorization": f"Bearer {opened['channel_token']['token']}"}
+            for _ in range(60):  # 6 MB: far beyond the socket buffers and max_pending_bytes
+                async with session.post(
+                    opened["urls"]["messages"], json={"data": "x" * 100_000}, headers=headers
+                ) as response:
+                    assert response.status == 201
+            # Dropped as a slow consumer; its goodbye cannot be delivered, and must not hold it.
+            async with asyncio.timeout(15):
+                while await ws_readers() != 0:
+                    await asyncio.sleep(0.2)
+            writer.close()
