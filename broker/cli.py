@@ -117,6 +117,23 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--redis", dest="redis_url", help="Redis URL; implies --engine redis")
     serve.add_argument("--redis-prefix", help="key prefix (UNBROKEN_REDIS_PREFIX)")
     serve.add_argument(
+        "--durable-writes",
+        action="store_true",
+        default=None,
+        help="answer an append only once Redis made it durable: WAITAOF (Redis >= 7.2, AOF on) "
+        "or WAIT for --durable-replicas (UNBROKEN_DURABLE_WRITES=1)",
+    )
+    serve.add_argument(
+        "--durable-replicas",
+        type=int,
+        help="replicas that must acknowledge each append (UNBROKEN_DURABLE_REPLICAS, default 0)",
+    )
+    serve.add_argument(
+        "--durable-timeout",
+        type=int,
+        help="ms an append waits for those acknowledgements (UNBROKEN_DURABLE_TIMEOUT, 1000)",
+    )
+    serve.add_argument(
         "--secret",
         help="kid:secret[,kid:secret] key ring (UNBROKEN_SECRET; prefer the env or a file: "
         "arguments show in `ps`)",
@@ -223,6 +240,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "engine",
             "redis_url",
             "redis_prefix",
+            "durable_writes",
+            "durable_replicas",
+            "durable_timeout",
             "secret",
             "public_url",
             "open_policy",
