@@ -8,7 +8,7 @@ import http from 'node:http';
 import { join, normalize } from 'node:path';
 import { startBroker, startProxy, pythonWrite, expectedMessage, sleep, REPO } from './helpers.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM = process.env.CHROME_PATH || '/usr/bin/chromium'; // tests/tools.py find_chrome() sets it
 const ROOT = join(REPO, 'client_sdk', 'js');
 const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is absent (apt-get install chromium); CI installs it`;
 
