@@ -277,7 +277,12 @@ class Nchan(Server):
         subprocess.run(["nginx", "-c", f"{self.dir}/nginx.conf"], check=True)
         wait_port(self.port, None)
         master = int(Path(self.dir, "nginx.pid").read_text())
-        self.pids = [master, *children(master)]
+        deadline = time.monotonic() + 10
+        while not (workers := children(master)):  # the worker may fork after the listen
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx started no worker process")
+            time.sleep(0.02)
+        self.pids = [master, *workers]
         self.memory_pids = self.pids
 
     def stop(self) -> None:

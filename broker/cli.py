@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import multiprocessing
@@ -234,6 +235,7 @@ def _run_process(settings: Settings, sock: socket.socket) -> None:
     except ImportError:  # uvloop is optional on platforms without it
         pass
     app = create_app(settings)
+    app.on_startup.append(_tune_gc)
 
     def listening(_banner: str) -> None:  # called by run_app once the site accepts connections
         log.info(
@@ -258,6 +260,15 @@ def _run_process(settings: Settings, sock: socket.socket) -> None:
             raise
         print(f"error: {engine_error(settings, exc)}", file=sys.stderr)
         sys.exit(1)
+
+
+async def _tune_gc(app: web.Application) -> None:
+    """Once started: what exists now (modules, app, engine) lives as long as the process, so it
+    leaves the collector's view, and collections run less often. With thousands of readers
+    the default thresholds meant full collections of 80-270 ms pausing every stream."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 100)
 
 
 def serve(settings: Settings) -> int:

@@ -8,6 +8,7 @@ replay wait in its queue and are dropped there if the replay already handed them
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,8 +19,9 @@ from broker.auth import authorize_channel
 from broker.context import BrokerContext, context_of
 from broker.engine.base import ChannelNotFound, ReadResult
 from broker.errors import ApiError
-from broker.events import Event, dumps, id_before, parse_event_id
-from broker.hub import Subscriber
+from broker.events import Event, id_before, parse_event_id
+from broker.hub import Closed, Socket, Subscriber, as_socket
+from broker.transports.framing import Framer
 
 PAGE_SIZE = 500
 
@@ -53,6 +55,13 @@ def authorize_reader(request: web.Request) -> tuple[BrokerContext, str, str | No
         raise ApiError(503, "shutting_down", "This broker is shutting down; reconnect to another.")
     metrics.count_reader(request, after)
     return ctx, channel_id, after
+
+
+def socket_of(request: web.Request) -> Socket:
+    socket = as_socket(request.transport)
+    if socket is None:  # the connection is already gone
+        raise ConnectionResetError("the reader's connection closed")
+    return socket
 
 
 def gone(channel_id: str) -> ApiError:
@@ -151,9 +160,42 @@ async def _terminal_position(
     return ReadResult(events=page.events, gap=None, ended=True, last_event_id=last)
 
 
-def gap_json(first_id: str) -> str:
-    return dumps({"first_id": first_id})
+async def forward(reading: Reading, framer: Framer, duration: float | None) -> None:
+    """The one loop every streaming transport runs: the backlog, then live events until a
+    terminal event, a Closed (reconnect) or `duration` seconds.
+
+    While the handler waits here, the hub writes live events and heartbeats straight to the
+    socket through `framer`'s socket bytes; the handler itself only writes what was queued
+    (a reader that fell behind, or a terminal event).
+    """
+    hub = reading.ctx.hub
+    await framer.start(reading.gap)
+    async for page in reading.backlog():
+        await framer.events(page)
+        if page[-1].terminal:
+            await framer.end(page[-1])
+            return
+    reading.first = _DONE  # the first page is sent; do not hold it for the connection's life
+    subscriber = reading.subscriber
+    subscriber.beat = hub.beat
+    subscriber.attach(framer)
+    deadline = None if duration is None else time.monotonic() + duration
+    while True:
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            batch = await subscriber.next_batch(wait)
+        except Closed as closed:
+            await framer.reconnect(closed.reason)
+            return
+        if batch:
+            await framer.events(batch)
+            subscriber.beat = hub.beat
+            if batch[-1].terminal:
+                await framer.end(batch[-1])
+                return
+        elif deadline is not None and time.monotonic() >= deadline:
+            await framer.reconnect("max_duration")
+            return
 
 
-def reconnect_json(reason: str) -> str:
-    return dumps({"reason": reason})
+_DONE = ReadResult(events=[], gap=None, ended=False)
