@@ -47,6 +47,7 @@ async def poll(request: web.Request) -> web.Response:
     ctx, channel_id, after = authorize_reader(request)
     timeout, limit = _parameters(request)
     try:
+        await ctx.engine.expire_writers([channel_id])  # a dead writer's channel ends now
         page: ReadResult = await ctx.engine.read(channel_id, after, limit)
     except ChannelNotFound as exc:
         raise gone(channel_id) from exc

@@ -119,7 +119,14 @@ async def start_reading(
     terminal_only: bool = False,
 ) -> Reading:
     subscriber = await ctx.hub.subscribe(channel_id, transport, terminal_only=terminal_only)
+    if after is not None:
+        # The reader has everything up to `after`: live delivery must not hand it anything at or
+        # below it either. (It can: after a Redis reconnect the live feed catches up from the
+        # last id it delivered, which may be older than a reader who joined meanwhile.)
+        subscriber.last_key = parse_event_id(after)
     try:
+        # A reader arriving at a channel whose writer died learns it now, not at the next tick.
+        await ctx.engine.expire_writers([channel_id])
         if terminal_only:
             first = await _terminal_position(ctx, channel_id, after, subscriber)
         else:
