@@ -52,7 +52,13 @@ def create_engine(settings: Settings) -> Engine:
     if settings.engine == "redis":
         from broker.engine.redis import RedisEngine
 
-        return RedisEngine(settings.limits, url=settings.redis_url, prefix=settings.redis_prefix)
+        return RedisEngine(
+            settings.limits,
+            url=settings.redis_url,
+            prefix=settings.redis_prefix,
+            durable_replicas=settings.durable_replicas if settings.durable_writes else None,
+            durable_timeout_ms=settings.durable_timeout,
+        )
     from broker.engine.memory import MemoryEngine
 
     return MemoryEngine(settings.limits)

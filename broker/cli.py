@@ -117,6 +117,23 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--redis", dest="redis_url", help="Redis URL; implies --engine redis")
     serve.add_argument("--redis-prefix", help="key prefix (UNBROKEN_REDIS_PREFIX)")
     serve.add_argument(
+        "--durable-writes",
+        action="store_true",
+        default=None,
+        help="answer an append only once Redis made it durable: WAITAOF (Redis >= 7.2, AOF on) "
+        "or WAIT for --durable-replicas (UNBROKEN_DURABLE_WRITES=1)",
+    )
+    serve.add_argument(
+        "--durable-replicas",
+        type=int,
+        help="replicas that must acknowledge each append (UNBROKEN_DURABLE_REPLICAS, default 0)",
+    )
+    serve.add_argument(
+        "--durable-timeout",
+        type=int,
+        help="ms an append waits for those acknowledgements (UNBROKEN_DURABLE_TIMEOUT, 1000)",
+    )
+    serve.add_argument(
         "--secret",
         help="kid:secret[,kid:secret] key ring (UNBROKEN_SECRET; prefer the env or a file: "
         "arguments show in `ps`)",
@@ -148,6 +165,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="channels the memory engine holds, 0 = no cap (UNBROKEN_MAX_CHANNELS)",
     )
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
+    serve.add_argument(
+        "--stall-timeout",
+        type=float,
+        help="seconds a replaying reader's socket may take nothing before it is disconnected "
+        "(slow_consumer)",
+    )
     serve.add_argument(
         "--writer-timeout",
         type=int,
@@ -217,6 +240,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "engine",
             "redis_url",
             "redis_prefix",
+            "durable_writes",
+            "durable_replicas",
+            "durable_timeout",
             "secret",
             "public_url",
             "open_policy",
@@ -226,6 +252,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "max_channels",
             "heartbeat",
             "writer_timeout",
+            "stall_timeout",
             "idle_ttl",
             "retention",
             "max_messages",

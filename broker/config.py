@@ -29,6 +29,11 @@ class Settings:
     engine: str = "memory"  # "memory" | "redis"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "unbroken"
+    # "Acknowledged means durable": each append waits for WAITAOF (Redis >= 7.2 with AOF) or
+    # WAIT for durable_replicas replicas, at most durable_timeout ms. See docs/operations.md.
+    durable_writes: bool = False
+    durable_replicas: int = 0
+    durable_timeout: int = 1000
     # Key ring spec "kid:secret,kid2:secret2". Empty: a random secret per start (dev only).
     secret: str = ""
     public_url: str = ""  # base URL put into tokens; empty: derived from each request
@@ -53,6 +58,9 @@ class Settings:
     max_message_bytes: int = 256 * 1024
     max_body_bytes: int = 1024 * 1024
     max_pending_bytes: int = 1024 * 1024  # per subscriber, beyond that it is disconnected
+    # A reader whose socket takes nothing for this long while the broker replays history to it
+    # is disconnected (slow_consumer); it resumes from its last id.
+    stall_timeout: float = 30.0
     workers: int = 1
     log_json: bool = False
     log_level: str = "info"
@@ -86,6 +94,10 @@ class Settings:
             raise ValueError("the 'key' open policy needs at least one app key (UNBROKEN_APP_KEYS)")
         if self.workers > 1 and self.engine != "redis":
             raise ValueError("several workers need the redis engine (they share no memory)")
+        if self.durable_writes and self.engine != "redis":
+            raise ValueError("--durable-writes needs the redis engine")
+        if self.durable_replicas < 0 or not 1 <= self.durable_timeout <= 60_000:
+            raise ValueError("durable replicas must be >= 0 and the timeout 1..60000 ms")
         if self.workers > 1 and not self.secret:
             raise ValueError("several workers need a shared secret (UNBROKEN_SECRET)")
 
@@ -96,6 +108,8 @@ _ENV_CASTS: dict[str, Any] = {
     "engine": str,
     "redis_url": str,
     "redis_prefix": str,
+    "durable_replicas": int,
+    "durable_timeout": int,
     "secret": str,
     "public_url": str,
     "open_policy": str,
@@ -106,6 +120,7 @@ _ENV_CASTS: dict[str, Any] = {
     "max_channels": int,
     "heartbeat": float,
     "writer_timeout": int,
+    "stall_timeout": float,
     "token_ttl": int,
     "max_message_bytes": int,
     "max_body_bytes": int,
@@ -160,4 +175,6 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         values["log_json"] = True
     if environ.get("UNBROKEN_ADMIN_OPEN", "").lower() in ("1", "true", "yes"):
         values["admin_open"] = True
+    if environ.get("UNBROKEN_DURABLE_WRITES", "").lower() in ("1", "true", "yes"):
+        values["durable_writes"] = True
     return Settings().with_overrides(**values)

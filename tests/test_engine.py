@@ -730,7 +730,7 @@ async def test_key_layout(redis_backend: Backend) -> None:
     ]
     for name in keys.stored:
         assert 99_000 < await client.pttl(name) <= 100_000
-    assert await client.zscore(redis_layout.index_key(p), "lay") == float(meta["created_at"])
+    assert await client.zscore(redis_layout.index_key(p, "lay"), "lay") == float(meta["created_at"])
     await engine.append("lay", [("end", pack(None))])
     for name in keys.stored:
         assert 199_000 < await client.pttl(name) <= 200_000
@@ -749,7 +749,7 @@ async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
         # fakeredis has no CLIENT KILL: close the relay's connection under it instead. That does
         # not wake a pending read on fakeredis, so the relay notices on its next health check
         # (shortened by the test), as it would a half-open TCP connection.
-        conn = engine.feed._conn
+        conn = next(iter(engine.feed._links.values())).conn
         assert conn is not None
         await conn.disconnect()
 

@@ -1,7 +1,8 @@
 -- Append a batch of events to one channel, atomically. See docs/redis-layout.md.
 --
 -- KEYS[1] events stream, KEYS[2] meta hash, KEYS[3] writers hash (all in one hash slot)
--- ARGV[1] pub/sub channel for live delivery
+-- ARGV[1] pub/sub channel for live delivery (PUBLISH, defined by the prelude redis_layout.py
+--         prepends, is SPUBLISH on Redis >= 7)
 -- ARGV[2] now, ms since the epoch (updated_at)
 -- ARGV[3] writer id, '' for none (no dedup)
 -- ARGV[4] the batch's first seq, ARGV[5] its last seq (first + n - 1, computed by the caller so
@@ -92,7 +93,7 @@ redis.call('PEXPIRE', events, ttl * 1000)
 redis.call('PEXPIRE', writers, ttl * 1000)
 
 for i = 1, n do
-  redis.call('PUBLISH', live, result[i + 2] .. '\n' .. kinds[i] .. '\n' .. ARGV[5 + 2 * i])
+  redis.call(PUBLISH, live, result[i + 2] .. '\n' .. kinds[i] .. '\n' .. ARGV[5 + 2 * i])
 end
 
 result[2] = last_id

@@ -4,7 +4,8 @@
 -- it once per candidate channel (channels live in different slots, so not one call for all).
 --
 -- KEYS[1] events stream, KEYS[2] meta hash, KEYS[3] writers hash (all in one hash slot)
--- ARGV[1] pub/sub channel for live delivery
+-- ARGV[1] pub/sub channel for live delivery (PUBLISH, defined by the prelude redis_layout.py
+--         prepends, is SPUBLISH on Redis >= 7)
 -- ARGV[2] now, ms since the epoch (updated_at)
 -- ARGV[3] the error event's msgpack data ({"code": "writer_timeout", "message": ...})
 --
@@ -44,5 +45,5 @@ redis.call('PEXPIRE', meta, ttl)
 redis.call('PEXPIRE', events, ttl)
 redis.call('PEXPIRE', writers, ttl)
 
-redis.call('PUBLISH', live, id .. '\n' .. 'error' .. '\n' .. data)
+redis.call(PUBLISH, live, id .. '\n' .. 'error' .. '\n' .. data)
 return {'ok', id}
