@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import logging
@@ -27,6 +28,7 @@ from broker.config import (
 )
 from broker.errors import engine_unavailable
 from broker.logs import configure_logging
+from broker.server import connection_cap, raise_fd_limit, runner_for, serve_until_signalled
 from broker.startup import (
     StartupError,
     check_engine,
@@ -115,6 +117,23 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--redis", dest="redis_url", help="Redis URL; implies --engine redis")
     serve.add_argument("--redis-prefix", help="key prefix (UNBROKEN_REDIS_PREFIX)")
     serve.add_argument(
+        "--durable-writes",
+        action="store_true",
+        default=None,
+        help="answer an append only once Redis made it durable: WAITAOF (Redis >= 7.2, AOF on) "
+        "or WAIT for --durable-replicas (UNBROKEN_DURABLE_WRITES=1)",
+    )
+    serve.add_argument(
+        "--durable-replicas",
+        type=int,
+        help="replicas that must acknowledge each append (UNBROKEN_DURABLE_REPLICAS, default 0)",
+    )
+    serve.add_argument(
+        "--durable-timeout",
+        type=int,
+        help="ms an append waits for those acknowledgements (UNBROKEN_DURABLE_TIMEOUT, 1000)",
+    )
+    serve.add_argument(
         "--secret",
         help="kid:secret[,kid:secret] key ring (UNBROKEN_SECRET; prefer the env or a file: "
         "arguments show in `ps`)",
@@ -146,10 +165,33 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="channels the memory engine holds, 0 = no cap (UNBROKEN_MAX_CHANNELS)",
     )
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
+    serve.add_argument(
+        "--stall-timeout",
+        type=float,
+        help="seconds a replaying reader's socket may take nothing before it is disconnected "
+        "(slow_consumer)",
+    )
+    serve.add_argument(
+        "--writer-timeout",
+        type=int,
+        help="writer lease in seconds for channels opened without one: a channel whose writer "
+        "neither writes nor heartbeats for this long ends with error writer_timeout; 0 = none",
+    )
     serve.add_argument("--idle-ttl", type=int, help="seconds an unwritten open channel lives")
     serve.add_argument("--retention", type=int, help="seconds an ended channel stays readable")
     serve.add_argument("--max-messages", type=int, help="events kept per channel")
     serve.add_argument("--max-message-bytes", type=int, help="largest message, as JSON")
+    serve.add_argument(
+        "--header-timeout", type=float, help="seconds a request head may take to arrive"
+    )
+    serve.add_argument(
+        "--keepalive-timeout", type=float, help="seconds an idle keep-alive connection lives"
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections; 0: as many as the open-files limit allows",
+    )
     serve.add_argument("--workers", type=int, help="processes sharing the port (redis engine)")
     serve.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     serve.add_argument("--log-level", help="debug | info | warning | error")
@@ -198,6 +240,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "engine",
             "redis_url",
             "redis_prefix",
+            "durable_writes",
+            "durable_replicas",
+            "durable_timeout",
             "secret",
             "public_url",
             "open_policy",
@@ -206,10 +251,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "max_open_rate",
             "max_channels",
             "heartbeat",
+            "writer_timeout",
+            "stall_timeout",
             "idle_ttl",
             "retention",
             "max_messages",
             "max_message_bytes",
+            "header_timeout",
+            "keepalive_timeout",
+            "max_connections",
             "workers",
             "log_json",
             "log_level",
@@ -237,7 +287,7 @@ def _run_process(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings)
     app.on_startup.append(_tune_gc)
 
-    def listening(_banner: str) -> None:  # called by run_app once the site accepts connections
+    def listening() -> None:  # called once the site accepts connections
         log.info(
             "unbroken broker on http://%s:%s (engine %s, pid %s)",
             settings.host,
@@ -246,15 +296,16 @@ def _run_process(settings: Settings, sock: socket.socket) -> None:
             os.getpid(),
         )
 
+    fd_limit = raise_fd_limit()
+    runner = runner_for(
+        app,
+        header_timeout=settings.header_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_connections=connection_cap(settings.max_connections, fd_limit),
+        shutdown_timeout=settings.shutdown_timeout,
+    )
     try:
-        web.run_app(
-            app,
-            sock=sock,
-            handler_cancellation=True,
-            shutdown_timeout=settings.shutdown_timeout,
-            print=listening,
-            access_log=None,
-        )
+        asyncio.run(serve_until_signalled(runner, sock, on_listening=listening))
     except Exception as exc:
         if not engine_unavailable(exc):  # Redis went away between the check and the start
             raise

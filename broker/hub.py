@@ -20,7 +20,10 @@ from broker.vocabulary import ReconnectReason
 
 log = logging.getLogger("unbroken.hub")
 
-EXPIRY_CHECK_INTERVAL = 30.0  # seconds between checks that watched channels still exist
+# One periodic loop, one timer: every tick ends watched channels whose writer lease ran out;
+# every EXISTS_EVERY ticks it also checks that the watched channels still exist.
+TICK = 2.0  # seconds
+EXISTS_EVERY = 15  # ticks (30 s)
 
 
 class Closed(Exception):
@@ -41,9 +44,14 @@ class Socket(Protocol):
 
     def get_write_buffer_size(self) -> int: ...
 
+    def abort(self) -> None: ...
+
 
 def as_socket(transport: object) -> Socket | None:
-    if all(hasattr(transport, name) for name in ("write", "is_closing", "get_write_buffer_size")):
+    if all(
+        hasattr(transport, name)
+        for name in ("write", "is_closing", "get_write_buffer_size", "abort")
+    ):
         return transport  # type: ignore[return-value]
     return None
 
@@ -207,7 +215,7 @@ class Hub:
 
     async def start(self) -> None:
         await self.engine.start(self.deliver)
-        self._expiry_task = asyncio.create_task(self._check_expiry_forever(), name="hub-expiry")
+        self._expiry_task = asyncio.create_task(self._tick_forever(), name="hub-expiry")
         self._beat_task = asyncio.create_task(self._beat_forever(), name="hub-heartbeat")
 
     def all_subscribers(self) -> list[Subscriber]:
@@ -320,20 +328,31 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
-    async def _check_expiry_forever(self) -> None:
+    async def _tick_forever(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            await asyncio.sleep(TICK)
+            ticks += 1
             channel_ids = list(self._channels)
             if not channel_ids:
                 continue
             try:
-                alive = await self.engine.exists_many(channel_ids)
-            except Exception:  # a failed check is retried at the next interval
-                log.warning("could not check channel expiry", exc_info=True)
-                continue
-            for channel_id, exists in zip(channel_ids, alive, strict=True):
-                if not exists:
-                    self.deliver(channel_id, None)
+                # Ended channels come back through the engine's delivery, like any event.
+                await self.engine.expire_writers(channel_ids)
+            except Exception:  # retried at the next tick
+                log.warning("could not check writer leases", exc_info=True)
+            if ticks % EXISTS_EVERY == 0:
+                await self._check_exists(channel_ids)
+
+    async def _check_exists(self, channel_ids: list[str]) -> None:
+        try:
+            alive = await self.engine.exists_many(channel_ids)
+        except Exception:  # a failed check is retried at the next interval
+            log.warning("could not check channel expiry", exc_info=True)
+            return
+        for channel_id, exists in zip(channel_ids, alive, strict=True):
+            if not exists:
+                self.deliver(channel_id, None)
 
     async def _beat_forever(self) -> None:
         """Heartbeats for every parked reader, from one timer: each tick writes the framing's

@@ -13,7 +13,7 @@ import contextlib
 import importlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
@@ -290,6 +290,21 @@ class RedisConnection:
         self._listener: asyncio.Task[None] | None = None
         self._watchers: dict[str, dict[int, tuple[str, OnTerminal]]] = {}
         self._next_id = 0
+        # SSUBSCRIBE when the scripts SPUBLISH (Redis >= 7, see redis_layout.PRELUDE).
+        self._sharded: bool | None = None
+
+    async def _pubsub_command(self, subscribe: bool, *lives: str) -> None:
+        assert self._pubsub is not None
+        if self._sharded is None:
+            from broker.engine.redis_layout import sharded_pubsub
+
+            self._sharded = await sharded_pubsub(self.redis)
+        method: Callable[..., Awaitable[Any]]
+        if self._sharded:
+            method = self._pubsub.ssubscribe if subscribe else self._pubsub.sunsubscribe
+        else:
+            method = self._pubsub.subscribe if subscribe else self._pubsub.unsubscribe
+        await method(*lives)
 
     async def drop_connections(self) -> None:
         """Leave a demoted primary: pooled connections to it would keep answering READONLY."""
@@ -324,7 +339,7 @@ class RedisConnection:
         if self._pubsub is None:
             return
         try:
-            await self._pubsub.subscribe(live)
+            await self._pubsub_command(True, live)
             await self._check_state(live)
         except Exception as exc:  # the listener resubscribes and re-checks after reconnecting
             log.debug("subscribe failed: %s", exc)
@@ -332,7 +347,7 @@ class RedisConnection:
     async def _unsubscribe(self, live: str) -> None:
         if self._pubsub is not None and live not in self._watchers:
             with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(live)
+                await self._pubsub_command(False, live)
 
     async def _check_state(self, live: str) -> None:
         """A cancel published before the subscription took effect is read from the meta hash."""
@@ -364,7 +379,7 @@ class RedisConnection:
                         # (Re)subscribe and re-read the states: notices published while the
                         # connection was down are lost.
                         lives = list(self._watchers)
-                        await self._pubsub.subscribe(*lives)
+                        await self._pubsub_command(True, *lives)
                         for live in lives:
                             await self._check_state(live)
                         resync = False
@@ -383,7 +398,7 @@ class RedisConnection:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                if message is None or message.get("type") != "message":
+                if message is None or message.get("type") not in ("message", "smessage"):
                     continue
                 live = message["channel"].decode()
                 parts = bytes(message["data"]).split(b"\n", 2)

@@ -15,6 +15,7 @@ Long-poll answers once, with a JSON body (`poll_body`); it needs no framer.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ from broker.vocabulary import ReconnectReason
 RETRY = b"retry: 1000\n\n"  # tells EventSource to reconnect after 1 s
 SSE_HEARTBEAT = b": hb\n\n"
 WS_PING = '{"type":"ping"}'
+WS_CLOSE_TIMEOUT = 5.0  # seconds the last frames and the close handshake may take
 
 
 def http_chunk(data: bytes) -> bytes:
@@ -156,11 +158,23 @@ class WSFramer(Framer):
 
     async def reconnect(self, reason: ReconnectReason) -> None:
         if reason != "client_closed":
-            await self.ws.send_str(dumps({"type": "reconnect", "reason": reason}))
-            await self.ws.close(code=1012 if reason == "shutdown" else 1013)
+            notice = dumps({"type": "reconnect", "reason": reason})
+            await self._goodbye(1012 if reason == "shutdown" else 1013, b"", notice)
 
     async def end(self, event: Event) -> None:
-        await self.ws.close(code=1000, message=event.type.encode())
+        await self._goodbye(1000, event.type.encode())
+
+    async def _goodbye(self, code: int, message: bytes, notice: str | None = None) -> None:
+        """The last frames and the close handshake, within WS_CLOSE_TIMEOUT: a client that
+        stopped reading (a slow consumer, a frozen app) would otherwise hold the handler, the
+        connection and its subscription forever on a write that never drains."""
+        try:
+            async with asyncio.timeout(WS_CLOSE_TIMEOUT):
+                if notice is not None:
+                    await self.ws.send_str(notice)
+                await self.ws.close(code=code, message=message)
+        except TimeoutError:
+            self.socket.abort()  # drops the unsent bytes; close() would wait for them
 
 
 def poll_body(events: Sequence[Event], last: str | None, ended: bool, gap: str | None) -> str:

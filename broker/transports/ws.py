@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
 from broker.events import dumps
-from broker.transports.framing import WSFramer
+from broker.transports.framing import WS_CLOSE_TIMEOUT, WSFramer
 from broker.transports.reading import (
     Reading,
     authorize_reader,
@@ -27,7 +27,7 @@ from broker.transports.reading import (
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     # Uncompressed, so the hub can write each event's cached frame straight to the socket.
-    socket = web.WebSocketResponse(max_msg_size=64 * 1024, compress=False)
+    socket = web.WebSocketResponse(max_msg_size=64 * 1024, compress=False, timeout=WS_CLOSE_TIMEOUT)
     try:
         ctx, channel_id, after = authorize_reader(request)
         reading = await start_reading(ctx, channel_id, after, "ws")

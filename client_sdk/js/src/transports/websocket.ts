@@ -11,6 +11,7 @@ import type { Transport, WireEvent } from './types.js';
  */
 export const webSocketTransport: Transport = {
   name: 'websocket',
+  wire: 'ws',
   supported: (host) => typeof host.env.WebSocket === 'function' || !!(host.mp && host.mp.connectSocket),
   connect(host, req, on) {
     let closed = false;
@@ -65,6 +66,7 @@ function frameToWire(
     case 'message':
     case 'end':
     case 'error':
+    case 'cancelled':
       return { type: f.type, id: f.id, data: f.data };
     case 'gap':
       return { type: 'gap', data: { first_id: f.first_id } };
