@@ -66,9 +66,13 @@ def authorize_reader(request: web.Request) -> tuple[BrokerContext, str, str | No
 
 
 def socket_of(request: web.Request) -> Socket:
+    """The socket of a reader whose stream has started. The connection closes when the stream
+    ends (readers reconnect anyway), so aiohttp's keep-alive timer, which would sit in the
+    loop for an hour per idle reader, is dropped now."""
     socket = as_socket(request.transport)
     if socket is None:  # the connection is already gone
         raise ConnectionResetError("the reader's connection closed")
+    request.protocol.keep_alive(False)
     return socket
 
 
@@ -232,6 +236,7 @@ async def forward(reading: Reading, framer: Framer, duration: float | None) -> N
     """
     hub = reading.ctx.hub
     await framer.start(reading.gap)
+    framer.started()
     stall = reading.ctx.settings.stall_timeout
     async for page in reading.backlog():
         for part in _slices(page):
