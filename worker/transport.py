@@ -14,7 +14,7 @@ import importlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -32,7 +32,6 @@ from worker.errors import (
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import PubSub
 
 log = logging.getLogger("unbroken.worker")
 
@@ -286,7 +285,11 @@ class RedisConnection:
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
         self.redis = connect_redis(url, timeout)
         self.prefix = prefix
-        self._pubsub: PubSub | None = None
+        self._pubsub: Any = None  # redis-py PubSub, or ClusterPubSub for a Cluster client
+        self._sharded = False  # SSUBSCRIBE (the scripts SPUBLISH) rather than SUBSCRIBE
+        self._ready = False  # subscribed to every watched channel
+        self._wanted = asyncio.Event()
+        self._closed = False
         self._listener: asyncio.Task[None] | None = None
         self._watchers: dict[str, dict[int, tuple[str, OnTerminal]]] = {}
         self._next_id = 0
@@ -305,9 +308,10 @@ class RedisConnection:
         self._next_id += 1
         key = self._next_id
         self._watchers.setdefault(live, {})[key] = (channel_id, on_terminal)
+        self._wanted.set()
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
-        else:
+        elif self._ready:
             asyncio.get_running_loop().create_task(self._subscribe(live))
 
         def stop() -> None:
@@ -321,10 +325,10 @@ class RedisConnection:
         return stop
 
     async def _subscribe(self, live: str) -> None:
-        if self._pubsub is None:
-            return
+        if self._pubsub is None or not self._ready:
+            return  # the listener's resync subscribes it
         try:
-            await self._pubsub.subscribe(live)
+            await self._add(self._pubsub, [live])
             await self._check_state(live)
         except Exception as exc:  # the listener resubscribes and re-checks after reconnecting
             log.debug("subscribe failed: %s", exc)
@@ -332,7 +336,33 @@ class RedisConnection:
     async def _unsubscribe(self, live: str) -> None:
         if self._pubsub is not None and live not in self._watchers:
             with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(live)
+                if self._sharded:
+                    await self._pubsub.sunsubscribe(live)
+                else:
+                    await self._pubsub.unsubscribe(live)
+
+    async def _sharded_pubsub(self) -> bool:
+        """Whether entries are published with SPUBLISH here: decided by the same check as the
+        scripts' (broker.engine.redis_layout.sharded_pubsub), so worker and broker agree."""
+        from broker.engine import redis_layout
+
+        check = getattr(redis_layout, "sharded_pubsub", None)
+        return bool(await check(self.redis)) if check is not None else False
+
+    async def _add(self, pubsub: Any, lives: list[str]) -> None:
+        if self._sharded:
+            await pubsub.ssubscribe(*lives)
+        else:
+            await pubsub.subscribe(*lives)
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        pubsub = self._pubsub
+        if self._sharded and hasattr(pubsub, "get_sharded_message"):
+            # A Cluster client keeps one connection per shard holding subscriptions.
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+        else:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        return cast("dict[str, Any] | None", message)
 
     async def _check_state(self, live: str) -> None:
         """A cancel published before the subscription took effect is read from the meta hash."""
@@ -353,37 +383,36 @@ class RedisConnection:
             asyncio.get_running_loop().create_task(self._unsubscribe(live))
 
     async def _listen(self) -> None:
-        """The one pub/sub reader: dispatches terminal entries of every watched channel."""
+        """The one pub/sub reader: dispatches terminal entries of every watched channel. It
+        lives as long as the connection, so a watch never races its shutdown."""
         delay = 0.2
         self._pubsub = self.redis.pubsub()
         resync = True
         try:
-            while self._watchers:
+            while not self._closed:
+                if not self._watchers:
+                    self._wanted.clear()
+                    await self._wanted.wait()
+                    continue
                 try:
                     if resync:
-                        # (Re)subscribe and re-read the states: notices published while the
-                        # connection was down are lost.
-                        lives = list(self._watchers)
-                        await self._pubsub.subscribe(*lives)
-                        for live in lives:
-                            await self._check_state(live)
+                        await self._resync()
                         resync = False
-                    message = await self._pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=1.0
-                    )
+                    message = await self._next_message()
                     delay = 0.2
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     log.debug("pub/sub interrupted: %s", exc)
+                    self._ready = False
                     with contextlib.suppress(Exception):
-                        await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                        await self._pubsub.aclose()
                     self._pubsub = self.redis.pubsub()
                     resync = True
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
-                if message is None or message.get("type") != "message":
+                if message is None or message.get("type") not in ("message", "smessage"):
                     continue
                 live = message["channel"].decode()
                 parts = bytes(message["data"]).split(b"\n", 2)
@@ -394,15 +423,33 @@ class RedisConnection:
             pubsub, self._pubsub = self._pubsub, None
             if pubsub is not None:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                    await pubsub.aclose()
+
+    async def _resync(self) -> None:
+        """(Re)subscribe every watched channel and re-read its state: notices published while
+        the connection was down (or before the subscription took effect) are not replayed."""
+        self._ready = False
+        self._sharded = await self._sharded_pubsub()
+        done: set[str] = set()
+        while todo := [live for live in self._watchers if live not in done]:
+            await self._add(self._pubsub, todo)
+            for live in todo:
+                await self._check_state(live)
+            done.update(todo)
+        self._ready = True  # from now on a new watch subscribes by itself
 
     async def close(self) -> None:
         self._watchers.clear()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-            self._listener = None
+        self._closed = True
+        self._wanted.set()
+        listener, self._listener = self._listener, None
+        # redis-py may swallow a cancellation that lands inside get_message(), so the flag
+        # ends the loop too; cancelling again covers a listener parked elsewhere.
+        while listener is not None and not listener.done():
+            listener.cancel()
+            await asyncio.wait([listener], timeout=0.1)
+        if listener is not None and not listener.cancelled():
+            listener.exception()  # retrieved: it was logged where it happened
         await self.redis.aclose()
 
 
