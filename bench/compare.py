@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -233,10 +234,15 @@ async def idle_sse(server: Server, plan: Plan) -> dict[str, float]:
     requests = [server.sse(channels[n % len(channels)]) for n in range(plan.idle_readers)]
     await asyncio.sleep(0.5)
     rss = rss_bytes(server.memory_pids)
+    cpu = cpu_seconds(server.pids)
     started = time.perf_counter()
     readers = await open_readers(server.port, requests, timeout=plan.cap)
     opened = time.perf_counter() - started
-    say(f"  {server.name}: {len(readers):,} SSE readers connected in {opened:.2f} s")
+    cpu = cpu_seconds(server.pids) - cpu
+    say(
+        f"  {server.name}: {len(readers):,} SSE readers connected in {opened:.2f} s, "
+        f"{cpu / len(readers) * 1e6:.0f} µs server CPU each"
+    )
     try:
         await asyncio.sleep(1.0)
         rss = rss_bytes(server.memory_pids) - rss
@@ -326,6 +332,9 @@ async def ladder(server: Server, plan: Plan) -> dict[str, float]:
         write, close = await http_writers(server, channels, 64)
     best = 0.0
     try:
+        # Warm up: every writer's connection (and script cache) exists before the clock runs.
+        await drive(write, 4 * len(channels), 0.25, len(channels))
+        await asyncio.sleep(0.5)
         for rate in plan.ladder_rates:
             samples.clear()
             sent, elapsed = await drive(write, rate, plan.ladder_step, len(channels))
@@ -437,17 +446,38 @@ def scenarios(plan: Plan) -> list[tuple[str, str, Scenario]]:
     return found
 
 
-async def run_all(servers: list[Server], plan: Plan, rounds: int, only: set[str] | None) -> Any:
+def slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in title).strip("-")
+
+
+def start_py_spy(folder: str, name: str, server: Unbroken) -> subprocess.Popen[bytes]:
+    """Sample the broker during one scenario: collapsed stacks into FOLDER/NAME.txt."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    assert server.process is not None
+    command = ["py-spy", "record", "--pid", str(server.process.pid), "--rate", "200"]
+    command += ["--format", "raw", "-o", f"{folder}/{name}.txt"]
+    # PY_SPY_NATIVE=1: C frames too (uvloop, the kernel calls); py-spy then pauses the process.
+    command.append("--native" if os.environ.get("PY_SPY_NATIVE") else "--nonblocking")
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def run_all(
+    servers: list[Server], plan: Plan, rounds: int, only: set[str] | None, profile: str | None
+) -> Any:
     results: dict[str, dict[str, list[float]]] = {}
     failures: list[str] = []
     chosen = [s for s in scenarios(plan) if only is None or s[0] in only]
     for number in range(rounds):
         order = servers[number % len(servers) :] + servers[: number % len(servers)]
-        for _, title, scenario in chosen:
+        for key, title, scenario in chosen:
             for server in order:
                 say(f"round {number + 1}/{rounds}: {title} on {server.name}")
+                spy = None
                 try:
                     server.start(plan.heartbeat)
+                    if profile and isinstance(server, Unbroken):
+                        name = f"{slug(title)}-{server.name}-{number + 1}"
+                        spy = start_py_spy(profile, name, server)
                     async with asyncio.timeout(plan.cap):
                         found = await scenario(server, plan)
                 except Exception as exc:  # one failure must not end the run
@@ -455,6 +485,9 @@ async def run_all(servers: list[Server], plan: Plan, rounds: int, only: set[str]
                     say(f"  FAILED: {failures[-1]}")
                     found = {}
                 finally:
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(timeout=30)
                     server.stop()
                 gc.collect()
                 for key, value in found.items():
@@ -508,6 +541,7 @@ def main() -> int:
     parser.add_argument("--only", help="scenarios: fanout,publish,idle,ws,ladder,replay")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (2; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--py-spy", metavar="DIR", help="profile Unbroken per scenario into DIR")
     parser.add_argument("--json", help="also write every figure of every round to this file")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
@@ -533,9 +567,9 @@ def main() -> int:
         try:
             import uvloop
 
-            results, failures = uvloop.run(run_all(servers, plan, rounds, only))
+            results, failures = uvloop.run(run_all(servers, plan, rounds, only, args.py_spy))
         except ImportError:
-            results, failures = asyncio.run(run_all(servers, plan, rounds, only))
+            results, failures = asyncio.run(run_all(servers, plan, rounds, only, args.py_spy))
     finally:
         for server in servers:
             server.stop()

@@ -187,6 +187,7 @@ class Unbroken(Server):
             os.environ,
             UNBROKEN_OPEN_RATE="1000000",
             UNBROKEN_OPEN_BURST="1000000",
+            UNBROKEN_MAX_OPEN_RATE="1000000",
             UNBROKEN_MAX_PENDING_BYTES=str(64 * 1024 * 1024),
             UNBROKEN_WRITER_TIMEOUT="0",  # channels left idle on purpose must not time out
             PYTHONPATH=str(ROOT),
@@ -277,7 +278,12 @@ class Nchan(Server):
         subprocess.run(["nginx", "-c", f"{self.dir}/nginx.conf"], check=True)
         wait_port(self.port, None)
         master = int(Path(self.dir, "nginx.pid").read_text())
-        self.pids = [master, *children(master)]
+        deadline = time.monotonic() + 10
+        while not (workers := children(master)):  # the worker may fork after the listen
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx started no worker process")
+            time.sleep(0.02)
+        self.pids = [master, *workers]
         self.memory_pids = self.pids
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from broker import metrics
 from broker.auth import authorize_admin, authorize_channel, authorize_open
+from broker.config import MAX_WRITER_TIMEOUT, MIN_WRITER_TIMEOUT, valid_writer_timeout
 from broker.context import BrokerContext, context_of
 from broker.engine.base import MAX_BATCH_EVENTS, MAX_CANCEL_REASON, ChannelInfo
 from broker.errors import ApiError
@@ -130,6 +131,7 @@ def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
         "messages": info.messages,
         "last_event_id": info.last_event_id,
         "expires_in": info.ttl,
+        "writer_timeout": info.writer_timeout,
         "subscribers": {t: counts.get(t, 0) for t in TRANSPORTS},
     }
 
@@ -149,7 +151,15 @@ async def open_channel(request: web.Request) -> web.Response:
         )
     else:
         channel_id = name
-    await ctx.engine.create(channel_id)
+    writer_timeout = body.get("writer_timeout", ctx.settings.writer_timeout)
+    if not valid_writer_timeout(writer_timeout):
+        raise ApiError(
+            400,
+            "invalid_writer_timeout",
+            f"writer_timeout is whole seconds: 0 (no writer lease) or {MIN_WRITER_TIMEOUT} to "
+            f"{MAX_WRITER_TIMEOUT}.",
+        )
+    await ctx.engine.create(channel_id, writer_timeout=writer_timeout)
     metrics.count_opened(request)
     base = public_url(request)
     ttl = ctx.settings.token_ttl
@@ -163,7 +173,9 @@ async def open_channel(request: web.Request) -> web.Response:
             "broker": base,
             "channel": channel_id,
             "token": write_token,
+            "writer_timeout": writer_timeout,
         },
+        "writer_timeout": writer_timeout,
         "expires_in": ctx.settings.limits.idle_ttl,
         "heartbeat": ctx.settings.heartbeat,
         "urls": channel_urls(base, channel_id),
@@ -175,10 +187,21 @@ async def channel_status(request: web.Request) -> web.Response:
     ctx = context_of(request)
     channel_id = request.match_info["channel_id"]
     authorize_channel(request, channel_id, "read")
+    # A status must not show a channel open whose writer's lease ran out.
+    await ctx.engine.expire_writers([channel_id])
     info = await ctx.engine.info(channel_id)
     if info is None:
         raise gone_or_missing(request, channel_id)
     return web.json_response(info_json(ctx, info))
+
+
+async def writer_heartbeat(request: web.Request) -> web.Response:
+    """The writer is alive but has nothing to write yet: renew its lease (see writer_timeout)."""
+    ctx = context_of(request)
+    channel_id = request.match_info["channel_id"]
+    authorize_channel(request, channel_id, "write")
+    await ctx.engine.heartbeat(channel_id)
+    return web.Response(status=204)
 
 
 async def delete_channel(request: web.Request) -> web.Response:

@@ -52,7 +52,13 @@ def create_engine(settings: Settings) -> Engine:
     if settings.engine == "redis":
         from broker.engine.redis import RedisEngine
 
-        return RedisEngine(settings.limits, url=settings.redis_url, prefix=settings.redis_prefix)
+        return RedisEngine(
+            settings.limits,
+            url=settings.redis_url,
+            prefix=settings.redis_prefix,
+            durable_replicas=settings.durable_replicas if settings.durable_writes else None,
+            durable_timeout_ms=settings.durable_timeout,
+        )
     from broker.engine.memory import MemoryEngine
 
     return MemoryEngine(settings.limits)
@@ -99,7 +105,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         middlewares=[_preflight, error_middleware], client_max_size=settings.max_body_bytes
     )
     engine = engine or create_engine(settings)
-    hub = Hub(engine, settings.max_pending_bytes)
+    hub = Hub(engine, settings.max_pending_bytes, settings.heartbeat)
     app[CONTEXT] = BrokerContext(
         settings=settings,
         engine=engine,
@@ -139,6 +145,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
             web.post("/v1/channels/{channel_id}/end", api.end_channel),
             web.post("/v1/channels/{channel_id}/error", api.error_channel),
             web.post("/v1/channels/{channel_id}/cancel", api.cancel_channel),
+            web.post("/v1/channels/{channel_id}/heartbeat", api.writer_heartbeat),
             web.get("/v1/channels/{channel_id}/events", sse.events, allow_head=False),
             web.get("/v1/channels/{channel_id}/stream", sse.stream, allow_head=False),
             web.get("/v1/channels/{channel_id}/ws", ws.websocket, allow_head=False),

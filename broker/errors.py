@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -88,6 +89,8 @@ def as_api_error(exc: BaseException, channel_id: str | None = None) -> ApiError 
     """The ApiError a domain exception stands for, or None for unexpected exceptions."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, HttpProcessingError):  # a body the HTTP parser refused mid-way
+        return ApiError(400, "bad_request", "The request body is not valid HTTP/1.1.")
     if engine_unavailable(exc):
         _outage_log.note(exc)
         return ApiError(

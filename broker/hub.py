@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 from broker.engine.base import Engine
@@ -20,7 +20,10 @@ from broker.vocabulary import ReconnectReason
 
 log = logging.getLogger("unbroken.hub")
 
-EXPIRY_CHECK_INTERVAL = 30.0  # seconds between checks that watched channels still exist
+# One periodic loop, one timer: every tick ends watched channels whose writer lease ran out;
+# every EXISTS_EVERY ticks it also checks that the watched channels still exist.
+TICK = 2.0  # seconds
+EXISTS_EVERY = 15  # ticks (30 s)
 
 
 class Closed(Exception):
@@ -29,10 +32,6 @@ class Closed(Exception):
     def __init__(self, reason: ReconnectReason) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-# Writes already-framed bytes of these events to the reader's socket, synchronously.
-DirectWrite = Callable[[Sequence[Event]], None]
 
 
 class Socket(Protocol):
@@ -45,11 +44,32 @@ class Socket(Protocol):
 
     def get_write_buffer_size(self) -> int: ...
 
+    def abort(self) -> None: ...
+
 
 def as_socket(transport: object) -> Socket | None:
-    if all(hasattr(transport, name) for name in ("write", "is_closing", "get_write_buffer_size")):
+    if all(
+        hasattr(transport, name)
+        for name in ("write", "is_closing", "get_write_buffer_size", "abort")
+    ):
         return transport  # type: ignore[return-value]
     return None
+
+
+class Direct(Protocol):
+    """A reader's framing, as the hub needs it to write to the socket itself (implemented by
+    broker.transports.framing.Framer)."""
+
+    @property
+    def socket(self) -> Socket: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def heartbeat(self) -> bytes: ...
+
+    def frame(self, events: Sequence[Event]) -> bytes: ...
 
 
 class Subscriber:
@@ -57,18 +77,20 @@ class Subscriber:
 
     Events reach it in one of two ways. While its handler is parked waiting and nothing is
     queued, the hub writes each event's cached, already-framed bytes straight to the socket
-    (`attach_socket`): no wake-up, no copy per reader. Otherwise events wait in a queue bounded
-    by bytes, and the handler writes them when it runs. Either way the bound is
-    `max_pending` bytes not yet taken by the network.
+    (`attach`): no wake-up, no copy per reader. Otherwise events wait in a queue bounded by
+    bytes, and the handler writes them when it runs. Either way the bound is `max_pending`
+    bytes not yet taken by the network.
+
+    Kept small (slots, no closures): an idle broker holds one of these per connection.
     """
 
     __slots__ = (
         "_queue",
-        "_socket",
         "_waiter",
-        "_write",
+        "beat",
         "channel_id",
         "closed",
+        "direct",
         "last_key",
         "max_pending",
         "pending",
@@ -88,61 +110,45 @@ class Subscriber:
         self.last_key: tuple[int, int] = (-1, -1)  # newest id handed to this reader
         self.pending = 0  # bytes queued, measured on the SSE encoding
         self.closed: ReconnectReason | None = None
-        self._queue: deque[Event] = deque()
+        self.direct: Direct | None = None
+        self.beat = 0  # the hub's heartbeat tick of the last write to this reader
+        # Made on first use: an empty deque is 600 bytes, and most readers never queue.
+        self._queue: deque[Event] | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._socket: Socket | None = None
-        self._write: DirectWrite | None = None
 
-    def attach_socket(self, socket: Socket, write: DirectWrite) -> None:
-        """Allow direct writes to `socket` while the handler is parked in next_batch()."""
-        self._socket, self._write = socket, write
+    def attach(self, direct: Direct) -> None:
+        """Allow direct writes (events, heartbeats) while the handler is parked in next_batch()."""
+        self.direct = direct
+
+    @property
+    def parked(self) -> bool:
+        """The handler waits and nothing is queued: the hub may write to the socket itself."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._queue
 
     def push(self, events: Sequence[Event]) -> None:
+        """Queue events for the handler (the hub writes parked readers' events itself)."""
         if self.closed is not None:
             return
         if self.terminal_only:
             events = [event for event in events if event.terminal]
             if not events:
                 return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and self._write is not None and not self._queue:
-            if self._write_direct(events):
-                return
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         for event in events:
-            self._queue.append(event)
+            queue.append(event)
             self.pending += len(event.sse)
         if self.pending > self.max_pending:
             self.close("slow_consumer")
         else:
             self._wake()
 
-    def _write_direct(self, events: Sequence[Event]) -> bool:
-        """True when the events were written (or the reader closed); False to queue them.
-
-        Terminal events take the queue: the handler must write them itself and then close.
-        """
-        socket = self._socket
-        assert socket is not None and self._write is not None
-        if events[-1].terminal:
-            return False
-        if socket.is_closing():
-            self.close("client_closed")
-            return True
-        if socket.get_write_buffer_size() > self.max_pending:
-            self.close("slow_consumer")
-            return True
-        if events[0].key <= self.last_key:  # only after a replay overlap: rare
-            events = [event for event in events if event.key > self.last_key]
-            if not events:
-                return True
-        self._write(events)
-        self.last_key = events[-1].key
-        return True
-
     def close(self, reason: ReconnectReason) -> None:
         if self.closed is None:
             self.closed = reason
-            self._queue.clear()
+            self._queue = None
             self.pending = 0
             self._wake()
 
@@ -161,6 +167,8 @@ class Subscriber:
             raise Closed(self.closed)
         batch: list[Event] = []
         queue = self._queue
+        if not queue:
+            return batch
         while queue and len(batch) < limit:
             event = queue.popleft()
             self.pending -= len(event.sse)
@@ -172,14 +180,13 @@ class Subscriber:
     async def next_batch(self, timeout: float | None) -> list[Event]:
         """Wait for new events; [] when `timeout` passed first. Raises Closed.
 
-        While waiting, events may also be written straight to the socket (see attach_socket);
-        those are not returned here.
+        While waiting, events and heartbeats may also be written straight to the socket (see
+        attach); those are not returned here.
         """
         batch = self.take()
         if batch:
             return batch
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
             if timeout is None:
                 await self._waiter
@@ -193,19 +200,23 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, engine: Engine, max_pending: int) -> None:
+    def __init__(self, engine: Engine, max_pending: int, heartbeat: float = 15.0) -> None:
         self.engine = engine
         self.max_pending = max_pending
+        self.heartbeat = heartbeat
         self._channels: dict[str, set[Subscriber]] = {}
         self._watch_lock = asyncio.Lock()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self.beat = 0  # heartbeat ticks so far (one per heartbeat / 2 seconds)
         self.delivered = 0  # events handed to subscribers (for metrics)
         self.slow_consumers = 0
         self.relayed: Counter[str] = Counter()  # events from the engine, once each, by type
 
     async def start(self) -> None:
         await self.engine.start(self.deliver)
-        self._expiry_task = asyncio.create_task(self._check_expiry_forever(), name="hub-expiry")
+        self._expiry_task = asyncio.create_task(self._tick_forever(), name="hub-expiry")
+        self._beat_task = asyncio.create_task(self._beat_forever(), name="hub-heartbeat")
 
     def all_subscribers(self) -> list[Subscriber]:
         return [s for group in self._channels.values() for s in group]
@@ -213,26 +224,64 @@ class Hub:
     async def close(self, reason: ReconnectReason = "shutdown") -> None:
         for subscriber in self.all_subscribers():
             subscriber.close(reason)
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
+        for task in (self._expiry_task, self._beat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.engine.close()
 
     def deliver(self, channel_id: str, events: Sequence[Event] | None) -> None:
         subscribers = self._channels.get(channel_id)
         if not subscribers:
             return
-        for subscriber in list(subscribers):
-            if events is None:
+        if events is None:
+            for subscriber in tuple(subscribers):
                 subscriber.close("gone")
-            elif subscriber.closed is None:
+            return
+        self.delivered += len(events) * len(subscribers)
+        relayed = self.relayed
+        for event in events:
+            relayed[event.type] += 1
+        # The hot path, inlined on purpose (it runs once per event per reader): a parked
+        # reader gets the batch's bytes, framed once per framing for all readers, in one write.
+        # Terminal events take the queue: the handler writes them itself and then closes.
+        direct = not events[-1].terminal
+        first_key, last_key = events[0].key, events[-1].key
+        frames: dict[str, bytes] = {}
+        beat = self.beat
+        for subscriber in tuple(subscribers):
+            if subscriber.closed is not None:
+                continue
+            framer = subscriber.direct
+            waiter = subscriber._waiter
+            if (
+                not direct
+                or framer is None
+                or waiter is None
+                or waiter.done()
+                or subscriber._queue
+                or subscriber.terminal_only
+                or first_key <= subscriber.last_key  # only after a replay overlap: rare
+            ):
                 subscriber.push(events)
-                if subscriber.closed == "slow_consumer":
-                    self.slow_consumers += 1
-        if events is not None:
-            self.delivered += len(events) * len(subscribers)
-            self.relayed.update(event.type for event in events)
+            else:
+                socket = framer.socket
+                if socket.is_closing():
+                    subscriber.close("client_closed")
+                    continue
+                if socket.get_write_buffer_size() > subscriber.max_pending:
+                    subscriber.close("slow_consumer")
+                else:
+                    data = frames.get(framer.kind)
+                    if data is None:
+                        data = frames[framer.kind] = framer.frame(events)
+                    socket.write(data)
+                    subscriber.last_key = last_key
+                    subscriber.beat = beat
+                    continue
+            if subscriber.closed == "slow_consumer":
+                self.slow_consumers += 1
 
     async def subscribe(
         self, channel_id: str, transport: str, *, terminal_only: bool = False
@@ -279,17 +328,54 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
-    async def _check_expiry_forever(self) -> None:
+    async def _tick_forever(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            await asyncio.sleep(TICK)
+            ticks += 1
             channel_ids = list(self._channels)
             if not channel_ids:
                 continue
             try:
-                alive = await self.engine.exists_many(channel_ids)
-            except Exception:  # a failed check is retried at the next interval
-                log.warning("could not check channel expiry", exc_info=True)
-                continue
-            for channel_id, exists in zip(channel_ids, alive, strict=True):
-                if not exists:
-                    self.deliver(channel_id, None)
+                # Ended channels come back through the engine's delivery, like any event.
+                await self.engine.expire_writers(channel_ids)
+            except Exception:  # retried at the next tick
+                log.warning("could not check writer leases", exc_info=True)
+            if ticks % EXISTS_EVERY == 0:
+                await self._check_exists(channel_ids)
+
+    async def _check_exists(self, channel_ids: list[str]) -> None:
+        try:
+            alive = await self.engine.exists_many(channel_ids)
+        except Exception:  # a failed check is retried at the next interval
+            log.warning("could not check channel expiry", exc_info=True)
+            return
+        for channel_id, exists in zip(channel_ids, alive, strict=True):
+            if not exists:
+                self.deliver(channel_id, None)
+
+    async def _beat_forever(self) -> None:
+        """Heartbeats for every parked reader, from one timer: each tick writes the framing's
+        pre-framed heartbeat to readers that got nothing since the tick before last, so a reader
+        hears something at least every `heartbeat` seconds (ticks are heartbeat / 2 apart)."""
+        period = self.heartbeat / 2
+        while True:
+            await asyncio.sleep(period)
+            self.beat += 1
+            stale = self.beat - 2
+            for group in tuple(self._channels.values()):
+                for subscriber in tuple(group):
+                    if subscriber.beat > stale or not subscriber.parked:
+                        continue
+                    framer = subscriber.direct
+                    if framer is None:
+                        continue  # its handler sends heartbeats (no socket to write to)
+                    socket = framer.socket
+                    if socket.is_closing():
+                        subscriber.close("client_closed")
+                    elif socket.get_write_buffer_size() > subscriber.max_pending:
+                        subscriber.close("slow_consumer")
+                        self.slow_consumers += 1
+                    else:
+                        socket.write(framer.heartbeat)
+                        subscriber.beat = self.beat

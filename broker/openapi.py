@@ -39,6 +39,11 @@ NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 EVENT_ID: Schema = {"type": "string", "pattern": r"^\d+-\d+$", "description": "opaque, increasing"}
 SUBSCRIBERS: Schema = _obj({t: INT for t in TRANSPORTS})
 
+WRITER_TIMEOUT: Schema = {
+    "type": "integer",
+    "description": "seconds of the writer lease: 0 (none) or 5 to 86400",
+}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": _obj(
         {"error": _obj({"code": STRING, "message": STRING})},
@@ -52,7 +57,8 @@ SCHEMAS: dict[str, Schema] = {
         {"pid": INT},
     ),
     "ChannelToken": _obj(
-        {"unbroken": {"const": 1}, "broker": STRING, "channel": STRING, "token": STRING}
+        {"unbroken": {"const": 1}, "broker": STRING, "channel": STRING, "token": STRING},
+        {"writer_timeout": WRITER_TIMEOUT},
     ),
     "Opened": _obj(
         {
@@ -60,6 +66,7 @@ SCHEMAS: dict[str, Schema] = {
             "state": {"const": "open"},
             "read_token": STRING,
             "channel_token": _ref("ChannelToken"),
+            "writer_timeout": WRITER_TIMEOUT,
             "expires_in": INT,
             "heartbeat": NUMBER,
             "urls": _obj({k: STRING for k in ("events", "stream", "ws", "poll", "messages")}),
@@ -75,7 +82,10 @@ SCHEMAS: dict[str, Schema] = {
             "last_event_id": NULLABLE_STRING,
             "subscribers": SUBSCRIBERS,
         },
-        {"expires_in": {"type": "integer", "description": "seconds until expiry, -1 unknown"}},
+        {
+            "expires_in": {"type": "integer", "description": "seconds until expiry, -1 unknown"},
+            "writer_timeout": WRITER_TIMEOUT,
+        },
     ),
     "ChannelList": _obj({"channels": {"type": "array", "items": _ref("ChannelStatus")}}),
     "Event": _obj(
@@ -302,13 +312,20 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {
                 "required": False,
                 "content": {JSON: {"schema": {"type": "object", "properties": {
-                    "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"}}}}},
+                    "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
+                    "writer_timeout": {
+                        **WRITER_TIMEOUT,
+                        "description": "the writer lease: 0 (none) or 5 to 86400 seconds; "
+                        "default the broker's --writer-timeout (60)",
+                    },
+                }}}},
             },
             "responses": {
                 "201": _json("The channel, its tokens and URLs.", _ref("Opened")),
                 **_errors(
                     (400, "invalid_name"), (400, "invalid_json"), (400, "invalid_body"),
-                    (401, "app_key_required"), (403, "app_key_invalid"),
+                    (400, "invalid_writer_timeout"), (401, "app_key_required"),
+                    (403, "app_key_invalid"),
                     (409, "channel_exists"), (429, "rate_limited"),
                     (503, "too_many_channels"),
                 ),
@@ -358,6 +375,27 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/channels/{channel_id}/error": {
         "post": _write("End the channel with an error", "Appends the terminal `error` event."),
+    },
+    "/v1/channels/{channel_id}/heartbeat": {
+        "post": {
+            "summary": "Writer heartbeat",
+            "description": "The writer is alive but has nothing to write yet: moves the writer "
+            "lease's deadline to now + writer_timeout (every write does too). A channel whose "
+            "writer neither writes nor heartbeats for writer_timeout ends with the `error` event "
+            "`{\"code\":\"writer_timeout\",…}`.",
+            "security": CHANNEL_AUTH,
+            "parameters": [CHANNEL_ID, TOKEN_QUERY],
+            "responses": {
+                "204": {"description": "Lease renewed."},
+                **_errors(
+                    *TOKEN_ERRORS,
+                    (403, "token_wrong_scope"),
+                    (409, "channel_ended"),
+                    (409, "channel_cancelled"),
+                    (410, "channel_gone"),
+                ),
+            },
+        },
     },
     "/v1/channels/{channel_id}/cancel": {
         "post": {
@@ -484,6 +522,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})},
         }
     },
+    "/": {"get": _file("A page saying what this server is, with links", None)},
     "/dashboard": {"get": _file("The dashboard page", None)},
     "/dashboard/{path}": {"get": _file("A dashboard file (JS, CSS)", "path")},
     "/dashboard/sdk/{path}": {
@@ -501,7 +540,8 @@ def document(server_url: str) -> dict[str, Any]:
             "description": "Pub/sub channels with exact resume over SSE, chunked HTTP, "
             "WebSocket and long-poll. The wire format is specified in docs/protocol.md. "
             "Every error body is `{\"error\": {\"code\", \"message\"}}`; any route can also "
-            "answer 404 `not_found`, 405 `method_not_allowed` or 500 `internal_error`.",
+            "answer 404 `not_found`, 405 `method_not_allowed`, 500 `internal_error` or, while "
+            "the engine's storage is unreachable, 503 `engine_unavailable` with Retry-After.",
         },
         "servers": [{"url": server_url}],
         "paths": PATHS,

@@ -44,6 +44,7 @@ def setup(app: web.Application) -> None:
             web.get("/openapi.json", openapi),
             web.get("/v1/admin/stats", stats),
             web.post("/v1/admin/channels/{channel_id}/read-token", read_token),
+            web.get("/", index),
             web.get("/dashboard", dashboard_index),
             web.get("/dashboard/sdk/{path:.+}", dashboard_sdk),
             web.get("/dashboard/{path}", dashboard_file),
@@ -91,6 +92,11 @@ async def read_token(request: web.Request) -> web.Response:
         raise ApiError(404, "channel_not_found", f"There is no channel {channel_id}.")
     token = ctx.keys.sign(channel_id, "read", public_url(request), READ_TOKEN_TTL)
     return web.json_response({"token": token, "expires_in": READ_TOKEN_TTL})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """What this server is, with links: a new user's first request is often `GET /`."""
+    return _file(STATIC.parent, "index.html")
 
 
 async def dashboard_index(request: web.Request) -> web.StreamResponse:

@@ -3,15 +3,21 @@ a non-zero exit, no traceback, and no "broker on" line unless the broker really 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import re
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
 
+from broker.config import Settings
+from broker.engine.base import Limits
 from tests.broker_process import ROOT, BrokerProcess
 from tests.redis_server import free_port
 
@@ -103,3 +109,102 @@ async def test_the_broker_on_line_comes_once_when_it_listens(redis_url: str) -> 
                 await asyncio.sleep(0.05)
             assert await announced(), broker.output()
             assert "Traceback" not in broker.output()
+
+
+# --- the first five minutes: GET /, --help, channels --limit -----------------------------------
+
+
+async def test_the_root_url_says_what_this_is_and_links_what_works() -> None:
+    async with BrokerProcess("--secret", SECRET) as broker, aiohttp.ClientSession() as http:
+        async with http.get(broker.url + "/") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/html")
+            page = await response.text()
+        assert "<title>Unbroken broker</title>" in page
+        links = re.findall(r'href="([^"]+)"', page)
+        assert {"/dashboard", "/openapi.json", "/healthz", "/readyz"} <= set(links)
+        for link in links:  # every link on the page works on this broker
+            async with http.get(broker.url + link) as response:
+                assert response.status == 200, link
+        for doc in ("README.md", "docs/protocol.md", "docs/operations.md"):
+            assert doc in page and (ROOT / doc).is_file()
+
+
+def test_serve_help_has_a_description_and_the_default_of_every_option() -> None:
+    from broker.cli import build_parser
+
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "Run the Unbroken broker" in text and "UNBROKEN_" in text
+    for expected in (
+        "default: 127.0.0.1",
+        "default: 8080",
+        "default: memory",
+        "default: 15",
+        "default: 200",
+        "default: 100000",
+        "default: unbroken",
+        "default: off",
+    ):
+        assert expected in text, expected
+    # Every option that sets a setting names its default, so none can be forgotten later.
+    serve = next(
+        choice
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name, choice in action.choices.items()
+        if name == "serve"
+    )
+    settings = {*Settings.__dataclass_fields__, *Limits.__dataclass_fields__}
+    for action in serve._actions:
+        if action.dest in settings:
+            shown = serve._get_formatter()._get_help_string(action)
+            assert "default:" in shown, (action.option_strings, shown)
+            assert " ".join(shown.split()) in text, shown  # and it is what --help prints
+
+
+async def test_channels_command_takes_a_limit_and_an_admin_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin"
+    token_file.write_text("limit-admin\n")
+    async with (
+        BrokerProcess("--secret", SECRET, "--admin-token-file", str(token_file)) as broker,
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(3):
+            async with http.post(broker.url + "/v1/channels", json={}) as response:
+                assert response.status == 201
+
+        def channels(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "broker", "channels", "--broker", broker.url, *args],
+                cwd=ROOT, capture_output=True, text=True, timeout=60,
+                env={**os.environ, "UNBROKEN_ADMIN_TOKEN_FILE": str(token_file)},
+            )  # fmt: skip
+
+        limited = await asyncio.to_thread(channels, "--limit", "2")
+        assert limited.returncode == 0, limited.stderr
+        assert len(limited.stdout.splitlines()) == 2
+        everything = await asyncio.to_thread(channels)
+        assert len(everything.stdout.splitlines()) == 3
+
+
+# --- compose.yaml ---------------------------------------------------------------------------------
+
+
+def test_compose_gives_the_broker_an_admin_token_and_time_to_drain() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    broker = compose["services"]["broker"]
+    env = broker["environment"]
+    # From the environment / a .env file, with a default so `docker compose up` works at once.
+    assert re.fullmatch(r"\$\{UNBROKEN_ADMIN_TOKEN:-[^}]+\}", env["UNBROKEN_ADMIN_TOKEN"])
+    assert re.fullmatch(r"\$\{UNBROKEN_SECRET:-k1:[^}]+\}", env["UNBROKEN_SECRET"])
+    shutdown = float(env.get("UNBROKEN_SHUTDOWN_TIMEOUT", Settings().shutdown_timeout))
+    grace = re.fullmatch(r"(\d+)s", broker["stop_grace_period"])
+    assert grace is not None and int(grace.group(1)) > shutdown
+    assert "/readyz" in " ".join(broker["healthcheck"]["test"])

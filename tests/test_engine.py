@@ -347,6 +347,52 @@ async def test_cancel(backend: Backend) -> None:
     ]
 
 
+async def test_writer_lease(backend: Backend) -> None:
+    """A channel whose writer neither writes nor heartbeats for writer_timeout is ended with
+    the `writer_timeout` error by expire_writers(); writes and heartbeats renew the lease."""
+    engine, recorder = await backend.engine()
+    created = await engine.create("silent", writer_timeout=1)
+    assert created.writer_timeout == 1
+    for name in ("beating", "writing"):
+        await engine.create(name, writer_timeout=1)
+    await engine.create("unleased")  # writer_timeout=0: no lease
+    await engine.watch("silent")
+    names = ["silent", "beating", "writing", "unleased", "missing"]
+    started = time.monotonic()
+    assert await engine.expire_writers(names) == []
+    expired: list[str] = []
+    while time.monotonic() - started < 2.5:
+        await engine.heartbeat("beating")
+        await engine.append("writing", msgs("still here"))
+        expired += await engine.expire_writers(names)
+        await asyncio.sleep(0.2)
+    assert expired == ["silent"], "only the silent writer's channel ends, once"
+    info = await engine.info("silent")
+    assert info is not None and info.state == "ended" and info.writer_timeout == 1
+    page = await engine.read("silent", None, 10)
+    assert [(e.type, e.data) for e in page.events] == [
+        ("error", {"code": "writer_timeout", "message": "The backend wrote nothing for 1 s."})
+    ]
+    await until(lambda: recorder.ids("silent") == [page.events[0].id])
+    with pytest.raises(ChannelEnded):
+        await engine.append("silent", msgs("too late"))
+    with pytest.raises(ChannelEnded):
+        await engine.heartbeat("silent")
+    for name in ("beating", "writing", "unleased"):
+        alive = await engine.info(name)
+        assert alive is not None and alive.state == "open", name
+
+    # Once the beats stop, the lease runs out for that one too.
+    async with asyncio.timeout(5):
+        while not await engine.expire_writers(["beating"]):
+            await asyncio.sleep(0.1)
+    with pytest.raises(ChannelNotFound):
+        await engine.heartbeat("missing")
+    await engine.cancel("writing")
+    with pytest.raises(ChannelCancelled):
+        await engine.heartbeat("writing")
+
+
 async def test_dedup_by_writer_and_seq(backend: Backend) -> None:
     engine, _ = await backend.engine()
     await engine.create("d")
@@ -684,7 +730,7 @@ async def test_key_layout(redis_backend: Backend) -> None:
     ]
     for name in keys.stored:
         assert 99_000 < await client.pttl(name) <= 100_000
-    assert await client.zscore(redis_layout.index_key(p), "lay") == float(meta["created_at"])
+    assert await client.zscore(redis_layout.index_key(p, "lay"), "lay") == float(meta["created_at"])
     await engine.append("lay", [("end", pack(None))])
     for name in keys.stored:
         assert 199_000 < await client.pttl(name) <= 200_000
@@ -703,7 +749,7 @@ async def _drop_pubsub(backend: Backend, engine: RedisEngine) -> None:
         # fakeredis has no CLIENT KILL: close the relay's connection under it instead. That does
         # not wake a pending read on fakeredis, so the relay notices on its next health check
         # (shortened by the test), as it would a half-open TCP connection.
-        conn = engine.feed._conn
+        conn = next(iter(engine.feed._links.values())).conn
         assert conn is not None
         await conn.disconnect()
 

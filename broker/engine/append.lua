@@ -1,7 +1,8 @@
 -- Append a batch of events to one channel, atomically. See docs/redis-layout.md.
 --
 -- KEYS[1] events stream, KEYS[2] meta hash, KEYS[3] writers hash (all in one hash slot)
--- ARGV[1] pub/sub channel for live delivery
+-- ARGV[1] pub/sub channel for live delivery (PUBLISH, defined by the prelude redis_layout.py
+--         prepends, is SPUBLISH on Redis >= 7)
 -- ARGV[2] now, ms since the epoch (updated_at)
 -- ARGV[3] writer id, '' for none (no dedup)
 -- ARGV[4] the batch's first seq, ARGV[5] its last seq (first + n - 1, computed by the caller so
@@ -15,7 +16,8 @@
 local events, meta, writers = KEYS[1], KEYS[2], KEYS[3]
 local live, now, writer = ARGV[1], ARGV[2], ARGV[3]
 
-local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'retention', 'max_messages', 'last_id')
+local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'retention', 'max_messages', 'last_id',
+  'writer_timeout')
 if not m[1] then
   return {'not_found'}
 end
@@ -73,6 +75,13 @@ if terminal then
   ttl = tonumber(m[3])
 else
   ttl = tonumber(m[2])
+  -- A write renews the writer lease (deadline on the server's clock, see create.lua).
+  local lease = tonumber(m[6] or '0') or 0
+  if lease > 0 then
+    local t = redis.call('TIME')
+    redis.call('HSET', meta, 'writer_deadline',
+      tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease * 1000)
+  end
 end
 if writer ~= '' then
   redis.call('HSET', writers, writer, ARGV[5] .. ' ' .. last_id)
@@ -84,7 +93,7 @@ redis.call('PEXPIRE', events, ttl * 1000)
 redis.call('PEXPIRE', writers, ttl * 1000)
 
 for i = 1, n do
-  redis.call('PUBLISH', live, result[i + 2] .. '\n' .. kinds[i] .. '\n' .. ARGV[5 + 2 * i])
+  redis.call(PUBLISH, live, result[i + 2] .. '\n' .. kinds[i] .. '\n' .. ARGV[5 + 2 * i])
 end
 
 result[2] = last_id

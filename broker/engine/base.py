@@ -55,6 +55,14 @@ class ChannelCancelled(ChannelEnded):
 MAX_CANCEL_REASON = 200  # characters
 
 
+def writer_timeout_error(writer_timeout: int) -> dict[str, str]:
+    """The data of the `error` event that ends a channel whose writer lease ran out."""
+    return {
+        "code": "writer_timeout",
+        "message": f"The backend wrote nothing for {writer_timeout} s.",
+    }
+
+
 _E = TypeVar("_E", bound="Engine")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -124,6 +132,7 @@ class ChannelInfo:
     messages: int  # events ever appended (including a terminal one)
     last_event_id: str | None
     ttl: int  # seconds until it expires (-1 unknown)
+    writer_timeout: int = 0  # seconds of the writer lease, 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +187,13 @@ class Engine(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def create(self, channel_id: str) -> ChannelInfo:
-        """Create an open channel. Raises ChannelExists."""
+    async def create(self, channel_id: str, *, writer_timeout: int = 0) -> ChannelInfo:
+        """Create an open channel. Raises ChannelExists.
+
+        `writer_timeout` > 0 gives it a writer lease: every append and heartbeat() moves its
+        deadline to now + writer_timeout seconds, and expire_writers() ends it with an `error`
+        event once the deadline passed. 0: no lease.
+        """
 
     @timed
     async def append(
@@ -224,6 +238,17 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def _cancel(self, channel_id: str, payload: bytes) -> AppendResult:
         """Store the `cancelled` event with this msgpack payload (see cancel())."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, channel_id: str) -> None:
+        """A writer's sign of life: renew the writer lease (and the idle TTL) of an open
+        channel. Raises ChannelNotFound, ChannelEnded, ChannelCancelled."""
+
+    @abc.abstractmethod
+    async def expire_writers(self, channel_ids: Sequence[str]) -> list[str]:
+        """End, with the terminal `error` event writer_timeout_error(N), each open channel
+        among these whose writer lease ran out (atomically per channel: a write or heartbeat
+        that lands first wins). Returns the ids it ended; unknown ids are skipped."""
 
     @abc.abstractmethod
     async def read(self, channel_id: str, after: str | None, count: int) -> ReadResult:

@@ -3,7 +3,8 @@
 -- 'cancelled' entry on the live pub/sub channel, the meta state, or append.lua's answer.
 --
 -- KEYS[1] events stream, KEYS[2] meta hash, KEYS[3] writers hash (all in one hash slot)
--- ARGV[1] pub/sub channel for live delivery
+-- ARGV[1] pub/sub channel for live delivery (PUBLISH, defined by the prelude redis_layout.py
+--         prepends, is SPUBLISH on Redis >= 7)
 -- ARGV[2] now, ms since the epoch (updated_at)
 -- ARGV[3] the event's msgpack data ({"reason": ...})
 --
@@ -41,5 +42,5 @@ redis.call('PEXPIRE', meta, ttl)
 redis.call('PEXPIRE', events, ttl)
 redis.call('PEXPIRE', writers, ttl)
 
-redis.call('PUBLISH', live, id .. '\n' .. 'cancelled' .. '\n' .. data)
+redis.call(PUBLISH, live, id .. '\n' .. 'cancelled' .. '\n' .. data)
 return {'ok', id}

@@ -28,8 +28,9 @@ from broker.engine.base import (
     Limits,
     ReadResult,
     timed,
+    writer_timeout_error,
 )
-from broker.events import Event, EventType, parse_event_id
+from broker.events import Event, EventType, pack, parse_event_id
 from broker.vocabulary import CHANNEL_STATES
 
 SWEEP_INTERVAL = 1.0  # seconds between expiry sweeps
@@ -52,6 +53,12 @@ class _Channel:
     last_seq: int = -1
     dropped_until: tuple[int, int] | None = None  # key of the newest event dropped by trimming
     writers: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    writer_timeout: int = 0  # seconds, 0: no writer lease
+    writer_deadline: int = 0  # ms since the epoch
+
+    def renew_lease(self) -> None:
+        if self.writer_timeout > 0:
+            self.writer_deadline = _now_ms() + self.writer_timeout * 1000
 
     @property
     def last_event_id(self) -> str | None:
@@ -139,13 +146,14 @@ class MemoryEngine(Engine):
             messages=channel.count,
             last_event_id=channel.last_event_id,
             ttl=max(0, int(channel.expires_at - time.monotonic())),
+            writer_timeout=channel.writer_timeout,
         )
 
     def held_channels(self) -> int:
         return len(self._channels)  # expired ones too, until swept: they still take memory
 
     @timed
-    async def create(self, channel_id: str) -> ChannelInfo:
+    async def create(self, channel_id: str, *, writer_timeout: int = 0) -> ChannelInfo:
         if self._get(channel_id) is not None:
             raise ChannelExists(channel_id)
         now = _now_ms()
@@ -155,7 +163,9 @@ class MemoryEngine(Engine):
             updated_at=now,
             expires_at=time.monotonic() + self.limits.idle_ttl,
             events=deque(),
+            writer_timeout=writer_timeout,
         )
+        channel.renew_lease()
         self._channels[channel_id] = channel
         return self._info(channel)
 
@@ -193,9 +203,36 @@ class MemoryEngine(Engine):
             raise ChannelEnded(channel_id)
         return self._store(channel, [("cancelled", payload)])
 
-    def _store(
-        self, channel: _Channel, items: Sequence[tuple[EventType, bytes]]
-    ) -> AppendResult:
+    @timed
+    async def heartbeat(self, channel_id: str) -> None:
+        channel = self._get(channel_id)
+        if channel is None:
+            raise ChannelNotFound(channel_id)
+        if channel.state == "cancelled":
+            raise ChannelCancelled(channel_id)
+        if channel.state != "open":
+            raise ChannelEnded(channel_id)
+        channel.renew_lease()
+        channel.expires_at = time.monotonic() + self.limits.idle_ttl
+
+    @timed
+    async def expire_writers(self, channel_ids: Sequence[str]) -> list[str]:
+        now = _now_ms()
+        ended: list[str] = []
+        for channel_id in channel_ids:
+            channel = self._get(channel_id)
+            if (
+                channel is not None
+                and channel.state == "open"
+                and channel.writer_timeout > 0
+                and channel.writer_deadline <= now
+            ):
+                payload = pack(writer_timeout_error(channel.writer_timeout))
+                self._store(channel, [("error", payload)])
+                ended.append(channel_id)
+        return ended
+
+    def _store(self, channel: _Channel, items: Sequence[tuple[EventType, bytes]]) -> AppendResult:
         """Append to an open channel, apply a terminal event's state, tell the watchers."""
         new_events = [Event(channel.next_id(), kind, payload) for kind, payload in items]
         for event in new_events:
@@ -209,6 +246,7 @@ class MemoryEngine(Engine):
             channel.expires_at = time.monotonic() + self.limits.retention
         else:
             channel.expires_at = time.monotonic() + self.limits.idle_ttl
+            channel.renew_lease()
         self.store.publish(channel.id, new_events)
         return AppendResult(
             ids=[event.id for event in new_events],

@@ -7,9 +7,16 @@ from aiohttp import web
 
 from broker.engine.base import ChannelNotFound, ReadResult
 from broker.errors import ApiError
-from broker.events import Event, dumps
+from broker.events import Event
 from broker.hub import Closed
-from broker.transports.reading import authorize_reader, gone, start_reading
+from broker.transports.framing import poll_body
+from broker.transports.reading import (
+    POLL_BYTES,
+    authorize_reader,
+    gone,
+    read_bounded,
+    start_reading,
+)
 
 DEFAULT_TIMEOUT = 25.0
 MAX_TIMEOUT = 55.0
@@ -39,19 +46,15 @@ def _batch(events: list[Event], after: str | None, ended: bool, gap: str | None)
     last = events[-1].id if events else after
     # "ended" tells the client to stop polling: it has (now) seen the terminal event.
     ended = events[-1].terminal if events else ended
-    body = (
-        '{"events":[' + ",".join(event.ws for event in events) + "],"
-        f'"last_event_id":{dumps(last)},"ended":{dumps(ended)},'
-        f'"gap":{dumps(None if gap is None else {"first_id": gap})}}}'
-    )
-    return web.Response(text=body, content_type="application/json")
+    return web.Response(text=poll_body(events, last, ended, gap), content_type="application/json")
 
 
 async def poll(request: web.Request) -> web.Response:
     ctx, channel_id, after = authorize_reader(request)
     timeout, limit = _parameters(request)
     try:
-        page: ReadResult = await ctx.engine.read(channel_id, after, limit)
+        await ctx.engine.expire_writers([channel_id])  # a dead writer's channel ends now
+        page: ReadResult = await read_bounded(ctx, channel_id, after, limit, POLL_BYTES)
     except ChannelNotFound as exc:
         raise gone(channel_id) from exc
     if page.events or page.ended or timeout == 0:

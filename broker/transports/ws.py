@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 
 from aiohttp import WSMsgType, web
 
 from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
-from broker.events import Event, dumps
-from broker.hub import Closed, as_socket
-from broker.transports.reading import Reading, authorize_reader, heartbeat_header, start_reading
-
-PING = '{"type":"ping"}'
+from broker.events import dumps
+from broker.transports.framing import WS_CLOSE_TIMEOUT, WSFramer
+from broker.transports.reading import (
+    Reading,
+    authorize_reader,
+    forward,
+    heartbeat_header,
+    socket_of,
+    start_reading,
+)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     # Uncompressed, so the hub can write each event's cached frame straight to the socket.
-    socket = web.WebSocketResponse(max_msg_size=64 * 1024, compress=False)
+    socket = web.WebSocketResponse(max_msg_size=64 * 1024, compress=False, timeout=WS_CLOSE_TIMEOUT)
     try:
         ctx, channel_id, after = authorize_reader(request)
         reading = await start_reading(ctx, channel_id, after, "ws")
@@ -35,7 +39,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         socket.headers.update(heartbeat_header(ctx))
         await socket.prepare(request)
-        _attach_direct_writes(reading, request)
         if reading.nothing_left:
             await socket.close(code=1000, message=b"ended")
             return socket
@@ -43,7 +46,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # also ends the forwarding at once instead of at the next heartbeat.
         listener = asyncio.create_task(_listen(socket, reading))
         try:
-            await _forward(reading, socket)
+            await forward(reading, WSFramer(socket_of(request), socket), None)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -67,48 +70,8 @@ async def _reject(
     return socket
 
 
-def _attach_direct_writes(reading: Reading, request: web.Request) -> None:
-    socket = as_socket(request.transport)
-    if socket is None:
-        return
-
-    def write(events: Sequence[Event]) -> None:
-        socket.write(b"".join(event.ws_frame for event in events))
-
-    reading.subscriber.attach_socket(socket, write)
-
-
 async def _listen(socket: web.WebSocketResponse, reading: Reading) -> None:
     async for message in socket:
         if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
             break
     reading.subscriber.close("client_closed")
-
-
-async def _forward(reading: Reading, socket: web.WebSocketResponse) -> None:
-    heartbeat = reading.ctx.settings.heartbeat
-    if reading.gap is not None:
-        await socket.send_str(dumps({"type": "gap", "first_id": reading.gap}))
-    async for page in reading.backlog():
-        for event in page:
-            await socket.send_str(event.ws)
-        if page[-1].terminal:
-            await socket.close(code=1000, message=page[-1].type.encode())
-            return
-    subscriber = reading.subscriber
-    while not socket.closed:
-        try:
-            batch = await subscriber.next_batch(heartbeat)
-        except Closed as closed:
-            if closed.reason != "client_closed":
-                await socket.send_str(dumps({"type": "reconnect", "reason": closed.reason}))
-                await socket.close(code=1012 if closed.reason == "shutdown" else 1013)
-            return
-        if not batch:
-            await socket.send_str(PING)
-            continue
-        for event in batch:
-            await socket.send_str(event.ws)
-        if batch[-1].terminal:
-            await socket.close(code=1000, message=batch[-1].type.encode())
-            return

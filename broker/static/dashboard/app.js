@@ -14,14 +14,19 @@ let previousStats = null;
 const previousCounts = new Map(); // channel id -> [time, messages]
 let detail = null; // {id, stop}
 
-class AuthError extends Error {}
+class AuthError extends Error {
+  constructor(message, code) {
+    super(message);
+    this.code = code;
+  }
+}
 
 async function api(path, options = {}) {
   const headers = adminToken ? { Authorization: `Bearer ${adminToken}` } : {};
   const res = await fetch(path, { ...options, headers });
   if (res.status === 401 || res.status === 403) {
     const body = await res.json().catch(() => ({}));
-    throw new AuthError(body.error ? body.error.message : `HTTP ${res.status}`);
+    throw new AuthError(body.error ? body.error.message : `HTTP ${res.status}`, body.error?.code);
   }
   if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
   return res.json();
@@ -168,10 +173,11 @@ function closeDetail() {
 
 // ---- main loop -------------------------------------------------------------------------------
 
-function showLogin(message) {
+function showLogin(message, code) {
   $('main').hidden = true;
   $('login').hidden = false;
-  $('login-error').textContent = adminToken ? message : '';
+  // A broker without an admin token refuses everyone: say so, or the form looks like it works.
+  $('login-error').textContent = adminToken || code === 'admin_disabled' ? message : '';
   $('status').textContent = 'signed out';
 }
 
@@ -188,7 +194,7 @@ async function refresh() {
     }
     $('status').textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
-    if (err instanceof AuthError) showLogin(err.message);
+    if (err instanceof AuthError) showLogin(err.message, err.code);
     else $('status').textContent = `refresh failed: ${err.message}`;
   }
 }

@@ -1,15 +1,20 @@
-import { Backoff, type BackoffOptions } from './backoff.js';
-import { Emitter, type Listener } from './emitter.js';
+import type { BackoffOptions } from './backoff.js';
+import { Connector } from './connector.js';
+import { Emitter } from './emitter.js';
 import { UnbrokenError, httpError } from './errors.js';
 import { detectHost, globalEnv, type AppStateLike, type Env, type Host, type WebSocketCtor } from './host.js';
 import { httpRequest } from './http.js';
 import { Deduper } from './ids.js';
 import { ChannelIterator } from './iterator.js';
 import { watchLifecycle } from './lifecycle.js';
-import { AUTO_ORDER, TRANSPORTS, type Transport, type TransportName } from './transports/index.js';
-import type { ChannelUrls, Connection, ConnectRequest, WireEvent } from './transports/types.js';
+import type { TransportMemory } from './memory.js';
+import { createChannel, type OpenResponse } from './opening.js';
+import { detectStorage, readSaved, writeSaved, type ChannelStorage, type SavedChannel } from './persist.js';
+import { State, isFinal, type ChannelState } from './state.js';
+import { ADAPTERS, AUTO_ORDER, WIRE_ADAPTERS, type AdapterName, type Transport, type TransportName } from './transports/index.js';
+import type { ChannelUrls, WireEvent } from './transports/types.js';
 
-export type ChannelState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'ended' | 'closed';
+export type { ChannelState };
 
 export interface ChannelToken {
   unbroken: 1;
@@ -29,6 +34,8 @@ export interface Timeouts {
   window?: number;
   /** s the broker may hold a long-poll (default 25). */
   poll?: number;
+  /** ms before the preferred transport is tried again after a fallback (default 2000, doubling to 5 min). */
+  upgrade?: number;
 }
 
 export interface SSEChannelOptions {
@@ -36,8 +43,12 @@ export interface SSEChannelOptions {
   broker: string;
   /** Client-chosen channel name (`^[A-Za-z0-9_.:-]{1,128}$`); generated when absent. */
   name?: string;
-  /** `auto` (default) picks by capability and falls back; or force one or an ordered list. */
-  transport?: 'auto' | TransportName | TransportName[];
+  /**
+   * `auto` (default) picks by capability and falls back; or a wire transport (`sse`, `chunked`,
+   * `ws`, `poll`), an adapter (`fetch`, `eventsource`, `xhr`, `mp-request`, `websocket`), or an
+   * ordered list of them.
+   */
+  transport?: 'auto' | TransportName | AdapterName | (TransportName | AdapterName)[];
   /** Extra headers for every request (where the host lets us set them). */
   headers?: Record<string, string>;
   /** App key for brokers whose open policy is `key`: a string or a (possibly async) provider. */
@@ -48,61 +59,90 @@ export interface SSEChannelOptions {
   env?: Env;
   /** WebSocket constructor for Node < 22: `import WebSocket from 'ws'`. */
   WebSocket?: WebSocketCtor;
-  /** Resume on app show / page visible (default true). */
+  /** Resume on app show / page visible / network back (default true). */
   lifecycle?: boolean;
   /** React Native: pass `AppState` from 'react-native' so foregrounding resumes at once. */
   appState?: AppStateLike;
+  /** Share one `new TransportMemory()` between an app's channels to start on what worked last. */
+  memory?: TransportMemory;
+  /**
+   * Save `{broker, channel, readToken, lastEventId}` under this key while the channel runs, so
+   * `SSEChannel.restore({broker, persist: key})` rejoins it after the app was killed. Removed
+   * when the channel ends, is cancelled or closed.
+   */
+  persist?: string;
+  /** Where `persist` saves (default: uni/wx/my/tt `*StorageSync`, else `localStorage`). */
+  storage?: ChannelStorage;
+  /** Current time in ms (default `Date.now`); tests inject a clock. */
+  clock?: () => number;
+}
+
+export interface AttachOptions extends SSEChannelOptions {
+  /** Id of the existing channel. */
+  channel: string;
+  /** Its read token (`channel.readToken` of the one that opened it). */
+  readToken: string;
+  /** Resume after this id (default: from the start of the channel's history). */
+  lastEventId?: string;
+  /** The broker's heartbeat in s, when known (sizes the watchdog; default 15). */
+  heartbeat?: number;
 }
 
 export interface MessageMeta {
   id?: string;
+  /** The wire transport that delivered it: `sse`, `chunked`, `ws` or `poll`. */
   transport: TransportName;
+  /** How this SDK spoke it here (`fetch`, `websocket`, `mp-request`, ...). */
+  adapter: AdapterName;
 }
 
-interface OpenResponse {
-  id: string;
-  read_token: string;
-  channel_token: ChannelToken;
-  heartbeat?: number;
-  urls: ChannelUrls;
+export interface CancelledInfo {
+  reason: string | null;
 }
 
-// What worked last, per broker and set of usable transports. Only an ordering hint: a remembered
-// transport that fails is forgotten at once, so it can never block a later channel.
-const remembered: { [key: string]: { name: TransportName; at: number } | undefined } = {};
-const REMEMBER_MS = 10 * 60 * 1000;
-
-const TERMINAL: ChannelState[] = ['ended', 'closed'];
+/** Every event a channel emits, with its listener's signature. */
+export interface ChannelEvents {
+  message: (data: any, meta: MessageMeta) => void;
+  end: (data: any) => void;
+  cancelled: (info: CancelledInfo) => void;
+  error: (err: UnbrokenError) => void;
+  state: (state: ChannelState) => void;
+  open: () => void;
+  close: () => void;
+  gap: (info: { first_id: string }) => void;
+  transport: (name: TransportName, adapter: AdapterName) => void;
+}
 
 /**
  * A channel on an Unbroken broker with the API of uniCloud's SSEChannel: open it, hand
  * `JSON.stringify(channel)` to a backend, receive what the backend writes exactly once, in order,
  * whatever the transport and however often the connection drops.
  */
-export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
-  state: ChannelState = 'idle';
-  /** The transport currently delivering (after the first byte). */
+export class SSEChannel extends Emitter<ChannelEvents> implements AsyncIterable<unknown> {
+  state: ChannelState = State.Idle;
+  /** The wire transport currently delivering (after the first byte). */
   transport: TransportName | undefined;
+  /** The adapter speaking it. */
+  adapter: AdapterName | undefined;
   /** Data of the `end` event, once ended. */
   endData: unknown;
+  /** Why it was cancelled, once cancelled. */
+  cancelInfo: CancelledInfo | undefined;
 
   private readonly opts: SSEChannelOptions;
   private readonly host: Host;
-  private readonly backoff: Backoff;
+  private readonly now: () => number;
   private readonly dedupe = new Deduper();
+  private readonly storage: ChannelStorage | undefined;
   private info: OpenResponse | undefined;
   private opening: Promise<void> | undefined;
   private candidates: Transport[] = [];
   private memoryKey = '';
-  private index = 0;
-  private failedInRound = 0;
-  private gen = 0;
-  private conn: Connection | undefined;
-  private firstByteTimer: unknown;
-  private idleTimer: unknown;
-  private retryTimer: unknown;
-  private connectedAt = 0;
+  private connector: Connector | undefined;
   private hiddenAt: number | undefined;
+  private hidden = false;
+  private hideCount = 0;
+  private showWaiters: (() => void)[] = [];
   private unwatch: (() => void) | undefined;
   private backlog: { data: unknown; meta: MessageMeta }[] = [];
   private readonly iterators = new Set<ChannelIterator>();
@@ -115,7 +155,41 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     if (opts.WebSocket) env.WebSocket = opts.WebSocket;
     if (opts.appState) env.AppState = opts.appState;
     this.host = detectHost(env);
-    this.backoff = new Backoff(opts.backoff);
+    this.now = opts.clock || (() => Date.now());
+    this.storage = opts.persist ? opts.storage || detectStorage(env as { [k: string]: unknown }) : undefined;
+  }
+
+  /**
+   * Rejoin a channel that exists already (opened by another page, tab or an earlier run of the
+   * app): `open()` then connects with the read token, from `lastEventId`, without creating one.
+   */
+  static attach(opts: AttachOptions): SSEChannel {
+    if (!opts || !opts.channel || !opts.readToken) throw new UnbrokenError('invalid_options', 'attach needs { broker, channel, readToken }');
+    const ch = new SSEChannel(opts);
+    const base = opts.broker.replace(/\/+$/, '') + '/v1/channels/' + encodeURIComponent(opts.channel);
+    const urls: ChannelUrls = { events: base + '/events', stream: base + '/stream', ws: base.replace(/^http(s?):/, 'ws$1:') + '/ws', poll: base + '/poll' };
+    ch.info = { id: opts.channel, read_token: opts.readToken, heartbeat: opts.heartbeat, urls };
+    if (opts.lastEventId) ch.dedupe.lastId = opts.lastEventId;
+    return ch;
+  }
+
+  /**
+   * The channel saved under `opts.persist` by an earlier run (the app was killed mid-answer), or
+   * undefined when there is none. `fromStart: true` replays its whole history instead of
+   * resuming after the last id delivered (for apps that kept nothing of what they showed).
+   */
+  static restore(opts: SSEChannelOptions & { persist: string; fromStart?: boolean }): SSEChannel | undefined {
+    const storage = opts.storage || detectStorage((opts.env || globalEnv()) as { [k: string]: unknown });
+    const saved = storage && readSaved(storage, opts.persist);
+    if (!saved || saved.broker !== opts.broker) return undefined;
+    return SSEChannel.attach({
+      ...opts,
+      storage,
+      channel: saved.channel,
+      readToken: saved.readToken,
+      heartbeat: saved.heartbeat,
+      lastEventId: opts.fromStart ? undefined : saved.lastEventId,
+    });
   }
 
   get id(): string | undefined {
@@ -126,103 +200,150 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     return this.dedupe.lastId;
   }
 
-  /** Create the channel on the broker and start receiving. Resolves once the channel exists. */
+  /** The read token (for `attach` elsewhere), once open. */
+  get readToken(): string | undefined {
+    return this.info && this.info.read_token;
+  }
+
+  /** Create the channel on the broker (or join the attached one) and start receiving. */
   open(): Promise<void> {
-    if (!this.opening) this.opening = this.create();
+    if (!this.opening) this.opening = this.start();
     return this.opening;
   }
 
   /** The backend token: `JSON.stringify(channel)` gives `{unbroken, broker, channel, token}`. */
   toJSON(): ChannelToken {
     if (!this.info) throw new UnbrokenError('not_open', 'open() the channel before passing it to a backend');
+    if (!this.info.channel_token) throw new UnbrokenError('no_write_token', 'an attached channel has the read token only; the backend already holds the write token');
     return this.info.channel_token;
+  }
+
+  /**
+   * Stop the backend (the Stop button): the broker marks the channel cancelled and the writer
+   * learns it at once. Resolves when the broker took it; the terminal `cancelled` event then
+   * reaches every reader, this one included, after everything written before it.
+   */
+  async cancel(reason?: string): Promise<void> {
+    if (!this.info) throw new UnbrokenError('not_open', 'open() the channel before cancelling it');
+    const res = await httpRequest(this.host, {
+      method: 'POST',
+      url: this.opts.broker.replace(/\/+$/, '') + '/v1/channels/' + encodeURIComponent(this.info.id) + '/cancel',
+      headers: { ...this.opts.headers, 'Content-Type': 'application/json', Authorization: 'Bearer ' + this.info.read_token },
+      body: JSON.stringify(reason === undefined ? {} : { reason }),
+      timeout: (this.opts.timeouts && this.opts.timeouts.open) ?? 15000,
+    }).promise;
+    if (res.status !== 201 && res.status !== 200) throw httpError(res.status, res.text);
+    // A reader that is not connected (closed, or between attempts) still ends as cancelled.
+    if (this.state === State.Closed || this.state === State.Idle) this.onCancelled({ reason: reason ?? null });
+  }
+
+  /** Drop the current connection and resume from the last id now (App.vue `onShow`, say). */
+  reconnect(): void {
+    if (this.connector && !isFinal(this.state)) this.connector.reconnectNow();
   }
 
   /** Stop receiving. The channel stays on the broker; a backend may still write to it. */
   close(): void {
-    if (TERMINAL.indexOf(this.state) >= 0) return;
-    this.finish('closed');
+    if (isFinal(this.state)) return;
+    this.finish(State.Closed);
     this.emit('close');
-  }
-
-  on(event: 'message', fn: (data: any, meta: MessageMeta) => void): this;
-  on(event: 'end', fn: (data: any) => void): this;
-  on(event: 'error', fn: (err: UnbrokenError) => void): this;
-  on(event: 'state', fn: (state: ChannelState) => void): this;
-  on(event: 'open' | 'close', fn: () => void): this;
-  on(event: 'gap', fn: (info: { first_id: string }) => void): this;
-  on(event: 'transport', fn: (name: TransportName) => void): this;
-  on(event: string, fn: Listener): this;
-  on(event: string, fn: Listener): this {
-    super.on(event, fn);
-    if (event === 'message' && this.backlog.length) this.flushBacklog();
-    return this;
   }
 
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
     const it = new ChannelIterator(() => this.iterators.delete(it));
     for (const item of this.backlog) it.push(item.data);
     this.backlog = [];
-    if (this.state === 'ended') it.end();
-    else if (this.state === 'closed') it.end();
+    if (isFinal(this.state)) it.end();
     else this.iterators.add(it);
     return it;
   }
 
+  on<K extends keyof ChannelEvents>(event: K, fn: ChannelEvents[K]): this {
+    super.on(event, fn);
+    if (event === 'message' && this.backlog.length) this.flushBacklog();
+    return this;
+  }
+
   // ---- opening -------------------------------------------------------------------------------
 
-  private async create(): Promise<void> {
-    const t = this.opts.timeouts || {};
+  private async start(): Promise<void> {
     // Decide before creating anything on the broker: a runtime with no usable transport fails fast.
     this.candidates = this.pickCandidates();
     if (!this.candidates.length) {
-      this.finish('closed');
+      this.finish(State.Closed);
       throw new UnbrokenError('no_transport', 'no transport of ' + JSON.stringify(this.opts.transport || 'auto') + ' works on this runtime');
     }
-    const headers: Record<string, string> = { ...this.opts.headers, 'Content-Type': 'application/json' };
-    const key = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token;
-    if (key) headers.Authorization = 'Bearer ' + key;
-    this.setState('connecting');
-    let res;
-    try {
-      res = await httpRequest(this.host, {
-        method: 'POST',
-        url: this.opts.broker.replace(/\/+$/, '') + '/v1/channels',
-        headers,
-        body: JSON.stringify(this.opts.name ? { name: this.opts.name } : {}),
-        timeout: t.open ?? 15000,
-      }).promise;
-    } catch (e) {
-      this.openFailed();
-      throw e;
-    }
-    if (res.status !== 201 && res.status !== 200) {
-      this.openFailed();
-      throw httpError(res.status, res.text);
-    }
-    this.info = JSON.parse(res.text) as OpenResponse;
-    // close() while the POST was in flight: the channel exists (toJSON works) but we stay closed.
-    if (this.state === 'closed') return;
+    // Hooked before the POST: a page hidden while it is in flight retries it on show.
     if (this.opts.lifecycle !== false) {
-      this.unwatch = watchLifecycle(this.host, () => this.onShow(), () => (this.hiddenAt = Date.now()));
+      this.unwatch = watchLifecycle(this.host, {
+        show: () => this.onShow(),
+        hide: () => this.onHide(),
+        online: () => this.reconnect(),
+      });
     }
+    this.setState(State.Connecting);
+    if (!this.info) {
+      try {
+        this.info = await createChannel(this.host, this.opts, { hides: () => this.hideCount, whenShown: () => this.whenShown() });
+      } catch (e) {
+        this.openFailed();
+        throw e;
+      }
+    }
+    // close() while the POST was in flight: the channel exists (toJSON works) but we stay closed.
+    if (this.state === State.Closed) return;
+    this.save();
     this.emit('open');
-    this.connect();
+    const t = this.opts.timeouts || {};
+    const info = this.info;
+    this.connector = new Connector(
+      {
+        host: this.host,
+        candidates: this.candidates,
+        urls: info.urls,
+        token: info.read_token,
+        headers: { ...this.opts.headers },
+        window: t.window ?? 50,
+        pollTimeout: t.poll ?? 25,
+        firstByte: t.firstByte ?? 8000,
+        idle: t.idle ?? (info.heartbeat || 15) * 2500,
+        backoff: this.opts.backoff,
+        upgrade: t.upgrade ?? 2000,
+        now: this.now,
+        lastEventId: () => this.dedupe.lastId,
+      },
+      {
+        up: (tr) => this.onUp(tr),
+        down: () => this.setState(State.Reconnecting),
+        event: (ev, tr) => this.onWire(ev, tr),
+        fatal: (err) => this.fail(err),
+        failed: (name) => this.opts.memory && this.opts.memory.forget(this.memoryKey, name),
+      },
+    );
+    this.connector.connect();
   }
 
   /** open() may be called again after a failure (e.g. 429 rate_limited), unless closed meanwhile. */
   private openFailed(): void {
-    if (this.state !== 'closed') this.setState('idle');
+    if (this.unwatch) this.unwatch();
+    this.unwatch = undefined;
+    if (this.state !== State.Closed) this.setState(State.Idle);
     this.opening = undefined;
   }
 
   private pickCandidates(): Transport[] {
     const wanted = this.opts.transport;
-    const names = !wanted || wanted === 'auto' ? AUTO_ORDER : Array.isArray(wanted) ? wanted : [wanted];
-    const list = names.map((n) => TRANSPORTS[n]).filter((t) => t && t.supported(this.host));
+    const asked = !wanted || wanted === 'auto' ? AUTO_ORDER : Array.isArray(wanted) ? wanted : [wanted];
+    const names: AdapterName[] = [];
+    for (const n of asked) {
+      // A wire name (`sse`, `chunked`, `ws`) stands for the adapters that speak it.
+      for (const a of (WIRE_ADAPTERS as { [k: string]: AdapterName[] | undefined })[n] || [n as AdapterName]) {
+        if (names.indexOf(a) < 0) names.push(a);
+      }
+    }
+    const list = names.map((n) => ADAPTERS[n]).filter((t) => t && t.supported(this.host));
     this.memoryKey = this.opts.broker + '|' + list.map((t) => t.name).join(',');
-    const memo = remembered[this.memoryKey];
-    const hint = this.isAuto() && memo && Date.now() - memo.at < REMEMBER_MS ? memo.name : undefined;
+    const hint = this.isAuto() && this.opts.memory ? this.opts.memory.hint(this.memoryKey) : undefined;
     const i = list.findIndex((t) => t.name === hint);
     if (i > 0) list.unshift(list.splice(i, 1)[0]);
     return list;
@@ -232,179 +353,85 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
     return !this.opts.transport || this.opts.transport === 'auto';
   }
 
-  // ---- connecting ----------------------------------------------------------------------------
+  // ---- connection events -----------------------------------------------------------------------
 
-  private connect(): void {
-    this.retryTimer = undefined;
-    if (TERMINAL.indexOf(this.state) >= 0) return;
-    const gen = ++this.gen;
-    const transport = this.candidates[this.index];
-    const t = this.opts.timeouts || {};
-    const info = this.info!;
-    const req: ConnectRequest = {
-      urls: info.urls,
-      token: info.read_token,
-      lastEventId: this.dedupe.lastId,
-      headers: { ...this.opts.headers },
-      window: t.window ?? 50,
-      pollTimeout: t.poll ?? 25,
-      idle: this.idleMs(),
-    };
-    let alive = false;
-    const current = () => gen === this.gen;
-    const handlers = {
-      activity: () => {
-        if (!current()) return;
-        if (!alive) {
-          alive = true;
-          this.onFirstByte(transport);
-        }
-        this.kickWatchdog(transport, req);
-      },
-      event: (ev: WireEvent) => {
-        if (current()) this.onWire(ev, transport);
-      },
-      closed: (err?: UnbrokenError) => {
-        if (current()) this.onClosed(transport, alive, err);
-      },
-    };
-    this.connectedAt = Date.now();
-    this.firstByteTimer = setTimeout(() => {
-      if (!current() || alive) return;
-      this.drop();
-      this.onClosed(transport, false, new UnbrokenError('timeout', transport.name + ': no first byte in time', { retryable: true }));
-    }, t.firstByte ?? 8000);
-    try {
-      this.conn = transport.connect(this.host, req, handlers);
-    } catch (e) {
-      const err = e instanceof UnbrokenError ? e : new UnbrokenError('network_error', String((e as Error)?.message || e), { retryable: true });
-      setTimeout(() => handlers.closed(err), 0);
-    }
-  }
-
-  private onFirstByte(transport: Transport): void {
-    clearTimeout(this.firstByteTimer);
-    this.failedInRound = 0;
+  private onUp(transport: Transport): void {
     // Only a channel's first connection teaches: a fallback taken while the app was in
     // background must not demote a better transport for every later channel.
-    if (this.isAuto() && !this.transport) remembered[this.memoryKey] = { name: transport.name, at: Date.now() };
-    if (this.transport !== transport.name) {
-      this.transport = transport.name;
-      this.emit('transport', transport.name);
+    if (this.isAuto() && !this.adapter && this.opts.memory) this.opts.memory.remember(this.memoryKey, transport.name);
+    if (this.adapter !== transport.name) {
+      this.adapter = transport.name;
+      this.transport = transport.wire;
+      this.emit('transport', transport.wire, transport.name);
     }
-    this.setState('open');
+    this.setState(State.Open);
   }
 
-  private kickWatchdog(transport: Transport, req: ConnectRequest): void {
-    clearTimeout(this.idleTimer);
-    const gen = this.gen;
-    const idle = this.idleMs() + (transport.quietMs ? transport.quietMs(req) : 0);
-    this.idleTimer = setTimeout(() => {
-      if (gen !== this.gen) return;
-      // Silent hang (iOS WeChat fires no callback when the network drops mid-stream).
-      this.drop();
-      this.onClosed(transport, true, new UnbrokenError('timeout', 'no data or heartbeat for ' + idle + ' ms', { retryable: true }));
-    }, idle);
-  }
-
-  private idleMs(): number {
-    const t = this.opts.timeouts || {};
-    return t.idle ?? (this.info && this.info.heartbeat ? this.info.heartbeat : 15) * 2500;
-  }
-
-  /** Forget the current connection; its late callbacks are ignored by generation. */
-  private drop(): void {
-    this.gen++;
-    clearTimeout(this.firstByteTimer);
-    clearTimeout(this.idleTimer);
-    const conn = this.conn;
-    this.conn = undefined;
-    if (conn) {
-      try {
-        conn.close();
-      } catch {
-        // Already gone.
-      }
-    }
-  }
-
-  private onClosed(transport: Transport, alive: boolean, err?: UnbrokenError): void {
-    this.drop();
-    if (TERMINAL.indexOf(this.state) >= 0) return;
-    if (err && !err.retryable && err.code !== 'no_transport') {
-      this.fail(err);
-      return;
-    }
-    let delay = 0;
-    // A connection that delivered for a while proves the path; one that opens and drops at once
-    // (a flapping proxy) keeps widening the backoff instead of spinning.
-    if (alive && Date.now() - this.connectedAt > 5000) this.backoff.reset();
-    if (!alive) {
-      const memo = remembered[this.memoryKey];
-      if (memo && memo.name === transport.name) remembered[this.memoryKey] = undefined;
-      this.index = (this.index + 1) % this.candidates.length;
-      this.failedInRound++;
-      // Try the next candidate at once; back off only after a whole round failed.
-      if (this.failedInRound >= this.candidates.length) {
-        this.failedInRound = 0;
-        delay = this.backoff.next();
-      }
-    } else if (err || Date.now() - this.connectedAt < 1000) {
-      delay = this.backoff.next();
-    }
-    this.setState('reconnecting');
-    this.retryTimer = setTimeout(() => this.connect(), delay);
+  private onHide(): void {
+    this.hidden = true;
+    this.hideCount++;
+    this.hiddenAt = this.now();
   }
 
   private onShow(): void {
-    const hiddenFor = this.hiddenAt === undefined ? 0 : Date.now() - this.hiddenAt;
+    const hiddenFor = this.hiddenAt === undefined ? 0 : this.now() - this.hiddenAt;
+    this.hidden = false;
     this.hiddenAt = undefined;
-    if (TERMINAL.indexOf(this.state) >= 0 || hiddenFor < 1000) return;
+    const waiters = this.showWaiters;
+    this.showWaiters = [];
+    for (const w of waiters) w();
     // The host may have cut or frozen the connection without telling us: resume now from the
     // last id rather than wait for the watchdog. Stale callbacks die with the old generation.
-    this.drop();
-    clearTimeout(this.retryTimer);
-    this.backoff.reset();
-    this.setState('reconnecting');
-    this.connect();
+    if (hiddenFor >= 1000) this.reconnect();
+  }
+
+  private whenShown(): Promise<void> {
+    return new Promise((resolve) => (this.hidden ? this.showWaiters.push(resolve) : resolve()));
   }
 
   // ---- delivery ------------------------------------------------------------------------------
 
   private onWire(ev: WireEvent, transport: Transport): void {
-    if (TERMINAL.indexOf(this.state) >= 0) return;
+    if (isFinal(this.state)) return;
     switch (ev.type) {
       case 'message':
         if (!this.dedupe.accept(ev.id)) return;
-        this.backoff.reset();
-        this.deliver(ev.data, { id: ev.id, transport: transport.name });
+        this.deliver(ev.data, { id: ev.id, transport: transport.wire, adapter: transport.name });
+        this.save();
         return;
       case 'end':
         if (!this.dedupe.accept(ev.id)) return;
         this.endData = ev.data;
-        this.finish('ended');
+        this.finish(State.Ended);
         this.emit('end', ev.data);
         this.emit('close'); // as uniCloud's SSEChannel: end, then close
         return;
+      case 'cancelled': {
+        if (!this.dedupe.accept(ev.id)) return;
+        const d = ev.data as { reason?: unknown } | null;
+        this.onCancelled({ reason: d && typeof d.reason === 'string' ? d.reason : null });
+        return;
+      }
       case 'error': {
         if (!this.dedupe.accept(ev.id)) return;
         const d = ev.data as { message?: string; code?: string } | null;
         const err = new UnbrokenError('channel_error', (d && d.message) || 'the writer reported an error', { data: ev.data });
-        this.finish('ended', err);
+        this.finish(State.Ended, err);
         this.emit('error', err);
         this.emit('close');
         return;
       }
       case 'gap':
-        this.emit('gap', ev.data);
-        return;
-      case 'reconnect':
-        // The broker is closing this stream on purpose (window elapsed, shutdown): resume at once.
-        this.drop();
-        this.setState('reconnecting');
-        this.retryTimer = setTimeout(() => this.connect(), 0);
+        this.emit('gap', ev.data as { first_id: string });
         return;
     }
+  }
+
+  private onCancelled(info: CancelledInfo): void {
+    this.cancelInfo = info;
+    this.finish(State.Cancelled);
+    this.emit('cancelled', info);
+    this.emit('close');
   }
 
   private deliver(data: unknown, meta: MessageMeta): void {
@@ -424,18 +451,29 @@ export class SSEChannel extends Emitter implements AsyncIterable<unknown> {
   }
 
   private fail(err: UnbrokenError): void {
-    this.finish('closed', err);
+    this.finish(State.Closed, err);
     this.emit('error', err);
+    // As after `end`: whoever waits for `close` to tidy up (uniCloud's contract) is told.
+    this.emit('close');
   }
 
-  private finish(state: 'ended' | 'closed', err?: UnbrokenError): void {
-    this.drop();
-    clearTimeout(this.retryTimer);
+  private finish(state: ChannelState, err?: UnbrokenError): void {
+    if (this.connector) this.connector.stop();
     if (this.unwatch) this.unwatch();
     this.unwatch = undefined;
     this.setState(state);
+    this.save();
     for (const it of this.iterators) (err ? it.fail(err) : it.end());
     this.iterators.clear();
+  }
+
+  /** Keep the persisted record in step: present while the channel runs, gone once it is over. */
+  private save(): void {
+    if (!this.storage || !this.opts.persist || !this.info) return;
+    const saved: SavedChannel | undefined = isFinal(this.state)
+      ? undefined
+      : { broker: this.opts.broker, channel: this.info.id, readToken: this.info.read_token, lastEventId: this.dedupe.lastId, heartbeat: this.info.heartbeat };
+    writeSaved(this.storage, this.opts.persist, saved);
   }
 
   private setState(s: ChannelState): void {

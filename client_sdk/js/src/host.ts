@@ -98,6 +98,8 @@ export interface MpApi {
   offAppShow?(cb: () => void): void;
   onAppHide?(cb: () => void): void;
   offAppHide?(cb: () => void): void;
+  onNetworkStatusChange?(cb: (res: { isConnected?: boolean }) => void): void;
+  offNetworkStatusChange?(cb: (res: { isConnected?: boolean }) => void): void;
 }
 
 export interface DocumentLike {
@@ -124,6 +126,10 @@ export interface Env {
   qq?: MpApi;
   swan?: MpApi;
   document?: DocumentLike;
+  /** The browser window (its `online` event); not a mini-program's or Node's global. */
+  window?: DocumentLike;
+  /** `localStorage`, for `persist` in browsers. */
+  localStorage?: unknown;
   /** React Native's AppState module: pass it, RN has no global for it. */
   AppState?: AppStateLike;
 }
@@ -203,6 +209,14 @@ export function globalEnv(): Env {
   for (const name of ['fetch', 'AbortController', 'WebSocket', 'EventSource', 'XMLHttpRequest', 'ReadableStream', 'document', ...MP_NAMES]) {
     const v = pick(name);
     if (v !== undefined) (env as any)[name] = name === 'fetch' ? v.bind(g) : v;
+  }
+  // A browser page: the global is the window (it has a document and dispatches `online`).
+  if (env.document && typeof g.addEventListener === 'function') env.window = g;
+  try {
+    // Reading localStorage throws in sandboxed iframes and some privacy modes.
+    if (env.document && g.localStorage) env.localStorage = g.localStorage;
+  } catch {
+    // No storage: persist simply does nothing.
   }
   return env;
 }

@@ -1,16 +1,28 @@
-// Real Chromium (Debian's /usr/bin/chromium, driven by playwright-core): a page uses the built
+// Real Chromium (CHROME_PATH, else chromium / chromium-browser / google-chrome on PATH, driven by playwright-core): a page uses the built
 // SDK, a Python worker writes 200 messages, the test cuts the connection mid-stream through a
 // TCP proxy, and the page must show all 200 exactly once, in order. Once per transport.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, mkdirSync } from 'node:fs';
 import http from 'node:http';
-import { join, normalize } from 'node:path';
+import { delimiter, join, normalize } from 'node:path';
 import { startBroker, startProxy, pythonWrite, expectedMessage, sleep, REPO } from './helpers.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
+/** CHROME_PATH if set, else the first of the usual names on PATH. */
+function findChromium() {
+  if (process.env.CHROME_PATH) return existsSync(process.env.CHROME_PATH) ? process.env.CHROME_PATH : undefined;
+  for (const name of ['chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable']) {
+    for (const dir of (process.env.PATH || '').split(delimiter)) {
+      if (dir && existsSync(join(dir, name))) return join(dir, name);
+    }
+  }
+  return undefined;
+}
+
+const CHROMIUM = findChromium();
 const ROOT = join(REPO, 'client_sdk', 'js');
-const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is absent (apt-get install chromium); CI installs it`;
+// Skipped only when no Chromium can be found; tests/test_js_sdk.py then reports the file SKIPPED.
+const skip = CHROMIUM ? false : 'no Chromium (set CHROME_PATH or apt-get install chromium); CI installs it';
 
 let broker;
 let proxy;
@@ -71,8 +83,8 @@ for (const transport of ['auto', 'eventsource', 'xhr', 'websocket', 'poll']) {
       // Long-poll may not notice: Chromium silently retries a GET whose reused keep-alive
       // connection was reset. Streams always notice.
       if (transport !== 'poll') assert.ok(st.states.includes('reconnecting'), 'the cut was noticed: ' + st.states.join(','));
-      if (transport !== 'auto') assert.equal(st.transport, transport);
-      t.diagnostic(`transport used: ${st.transport}; states: ${st.states.join(' > ')}`);
+      if (transport !== 'auto') assert.equal(st.adapter, transport);
+      t.diagnostic(`transport used: ${st.transport} (${st.adapter}); states: ${st.states.join(' > ')}`);
       if (transport === 'auto') {
         mkdirSync(join(REPO, 'test-artifacts'), { recursive: true });
         await page.screenshot({ path: join(REPO, 'test-artifacts', 'js-browser.png') });
@@ -82,7 +94,6 @@ for (const transport of ['auto', 'eventsource', 'xhr', 'websocket', 'poll']) {
       throw e;
     } finally {
       await page.close();
-      await sleep(50);
     }
   });
 }
@@ -96,7 +107,8 @@ test('chromium: page hidden then visible resumes at once from the last id (a fro
     const token = await page.evaluate(() => window.testState.token);
     const writing = pythonWrite(JSON.parse(token), 200, { delay: 0.01 });
     await page.waitForFunction(() => window.testState.count >= 50, null, { timeout: 20000 });
-    // The phone locks: the connection freezes silently while the page is hidden.
+    // The phone locks: the connection freezes silently while the page is hidden (for over the
+    // 1 s after which a show resumes at once: a duration being simulated, not a synchronisation).
     proxy.hangCurrent();
     const setVisibility = (v) =>
       page.evaluate((v) => {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SSEChannel } from '../dist/esm/index.js';
-import { startBroker, pythonWrite, collect, assertExactlyOnce, sleep, REPO } from './helpers.mjs';
+import { startBroker, pythonWrite, collect, assertExactlyOnce, until, REPO } from './helpers.mjs';
 import { wxRuntime, uniMpWeixinRuntime, uniAppRuntime, uniH5Runtime, alipayRuntime, douyinRuntime } from './fakes/runtimes.mjs';
 
 let broker;
@@ -22,8 +22,8 @@ after(async () => {
 });
 
 const RUNTIMES = [
-  [wxRuntime, 'chunked'],
-  [uniMpWeixinRuntime, 'chunked'],
+  [wxRuntime, 'mp-request'],
+  [uniMpWeixinRuntime, 'mp-request'],
   [uniAppRuntime, 'websocket'],
   [uniH5Runtime, 'fetch'],
   [alipayRuntime, 'websocket'],
@@ -42,9 +42,9 @@ for (const [make, expected] of RUNTIMES) {
     await pythonWrite(ch.toJSON(), 300);
     assert.deepEqual(await c.done, { done: 300 });
     assertExactlyOnce(assert, c.messages, 300);
-    picked[rt.name] = ch.transport;
-    t.diagnostic(`auto on ${rt.name} chose ${ch.transport}`);
-    assert.equal(ch.transport, expected);
+    picked[rt.name] = { transport: ch.transport, adapter: ch.adapter };
+    t.diagnostic(`auto on ${rt.name} chose ${ch.transport} (${ch.adapter})`);
+    assert.equal(ch.adapter, expected);
   });
 }
 
@@ -134,12 +134,13 @@ test('uni App: auto never starts a chunked request (abort would not free it); po
   // A poll waiting on an idle channel, then close(): abort() is JS-only on App, the native
   // request stays until the broker's hold (2 s) ends it; nothing relies on abort to free it.
   const idle = channel(rt, { transport: 'poll', timeouts: { poll: 2 } });
+  const before = rt.req.stats.started;
   await idle.open();
-  await sleep(1500);
+  // The first poll holds 1 s (the first-byte probe); the second is the full 2 s hold.
+  await until(() => rt.req.stats.started >= before + 3, { timeout: 10000, what: 'the second long-poll' });
   idle.close();
   assert.equal(rt.req.stats.nativeOpen, 1, 'native request still open after abort');
-  await sleep(2500);
-  assert.equal(rt.req.stats.nativeOpen, 0, 'freed by the bounded hold');
+  await until(() => rt.req.stats.nativeOpen === 0, { timeout: 5000, what: 'the bounded hold to end the native request' });
 });
 
 test('wx base library < 2.20.1 with the 5-socket limit: auto falls back socket -> poll', async () => {
@@ -155,7 +156,7 @@ test('wx base library < 2.20.1 with the 5-socket limit: auto falls back socket -
     await c.done;
     assertExactlyOnce(assert, c.messages, 50);
   }
-  const used = chans.map(([ch]) => ch.transport).sort();
+  const used = chans.map(([ch]) => ch.adapter).sort();
   assert.equal(rt.sock.stats.refused >= 1, true, 'the 6th socket was refused');
   assert.deepEqual(used, ['poll', 'websocket', 'websocket', 'websocket', 'websocket', 'websocket']);
 });

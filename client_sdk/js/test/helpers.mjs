@@ -20,6 +20,18 @@ export function freePort() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Wait until `cond()` holds (checked after every macrotask turn), failing after `timeout` ms with
+ * `what`. For synchronising on state instead of sleeping a guessed time.
+ */
+export async function until(cond, { timeout = 5000, what = String(cond) } = {}) {
+  const deadline = Date.now() + timeout;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('timed out waiting for ' + what);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
 /** Start `python -m broker serve --engine memory` on a free port and wait for /healthz. */
 export async function startBroker({ heartbeat = 15, extra = [] } = {}) {
   const port = await freePort();
@@ -59,14 +71,15 @@ export async function startBroker({ heartbeat = 15, extra = [] } = {}) {
   };
 }
 
-// A Python backend writing through the worker library when it exists, else the HTTP write API.
+// A Python backend writing through the worker library. No fallback to the raw HTTP API: a worker
+// that fails to import must fail these tests, not be papered over.
 const PY_WRITER = `
 import asyncio, json, sys
+from worker.channel import Channel
 token, n, delay, end = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == '1'
 def msg(i):
     return {"i": i, "text": "héllo ✓ 🚀 " + str(i)}
-async def with_worker():
-    from worker.channel import Channel
+async def main():
     ch = Channel.from_token(token)
     for i in range(n):
         await ch.write(msg(i))
@@ -76,29 +89,8 @@ async def with_worker():
     if close:
         r = close()
         if asyncio.iscoroutine(r): await r
-def with_http():
-    import urllib.request, time
-    t = json.loads(token)
-    def post(path, body):
-        req = urllib.request.Request(t["broker"] + "/v1/channels/" + t["channel"] + "/" + path,
-            data=json.dumps(body).encode(), method="POST",
-            headers={"Authorization": "Bearer " + t["token"], "Content-Type": "application/json"})
-        urllib.request.urlopen(req).read()
-    seq = 1
-    for i in range(n):
-        post("messages", {"data": msg(i), "writer": "pyw", "seq": seq}); seq += 1
-        if delay: time.sleep(delay)
-    if end: post("end", {"data": {"done": n}, "writer": "pyw", "seq": seq})
-try:
-    import worker.channel  # noqa
-    has_worker = hasattr(worker.channel, "Channel")
-except Exception:
-    has_worker = False
-if has_worker:
-    asyncio.run(with_worker())
-else:
-    with_http()
-print("wrote", n, "worker" if has_worker else "http")
+asyncio.run(main())
+print("wrote", n)
 `;
 
 /** Spawn a Python backend that writes n messages (then end) to the channel token. */
@@ -108,6 +100,8 @@ export function pythonWrite(token, n, { delay = 0, end = true } = {}) {
     // that UNBROKEN_REDIS_URL might name.
     const env = { ...process.env };
     delete env.UNBROKEN_REDIS_URL;
+    // The worker talks over HTTP only to brokers the backend allows (docs/protocol.md, trust).
+    env.UNBROKEN_BROKER_URL = token.broker;
     const proc = spawn('python3', ['-c', PY_WRITER, JSON.stringify(token), String(n), String(delay), end ? '1' : '0'], {
       cwd: REPO,
       env,
@@ -203,7 +197,8 @@ export async function startProxy(targetPort) {
 export function collect(channel, { timeout = 60000, onMessage } = {}) {
   const messages = [];
   const ids = [];
-  const transports = new Set();
+  const transports = new Set(); // wire transports (sse, chunked, ws, poll)
+  const adapters = new Set(); // how the SDK spoke them (fetch, websocket, mp-request, ...)
   let errors = [];
   const done = new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`timeout: got ${messages.length} messages, state ${channel.state}, errors ${errors.map((e) => e.code).join(',')}`)), timeout);
@@ -211,6 +206,7 @@ export function collect(channel, { timeout = 60000, onMessage } = {}) {
       messages.push(data);
       ids.push(meta.id);
       transports.add(meta.transport);
+      adapters.add(meta.adapter);
       if (onMessage) onMessage(data, messages.length);
     });
     channel.on('end', (data) => (clearTimeout(t), resolve(data)));
@@ -219,7 +215,7 @@ export function collect(channel, { timeout = 60000, onMessage } = {}) {
       if (e.code === 'channel_error' || channel.state === 'closed') (clearTimeout(t), reject(e));
     });
   });
-  return { messages, ids, transports, errors: () => errors, done };
+  return { messages, ids, transports, adapters, errors: () => errors, done };
 }
 
 export function assertExactlyOnce(assert, messages, n) {

@@ -2,67 +2,10 @@
 // scripted in-memory fetch (no broker): every stream request hands the test a controller.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SSEChannel, UnbrokenError } from '../dist/esm/index.js';
-import { sleep } from './helpers.mjs';
+import { SSEChannel, State, TransportMemory, UnbrokenError } from '../dist/esm/index.js';
+import { until } from './helpers.mjs';
 
-const enc = new TextEncoder();
-const OPEN = {
-  id: 'ch_t',
-  state: 'open',
-  read_token: 'RT',
-  channel_token: { unbroken: 1, broker: 'http://b', channel: 'ch_t', token: 'WT' },
-  heartbeat: 15,
-  urls: { events: 'http://b/v1/channels/ch_t/events', stream: 'http://b/v1/channels/ch_t/stream', ws: 'ws://b/v1/channels/ch_t/ws', poll: 'http://b/v1/channels/ch_t/poll' },
-};
-
-function scriptedEnv({ openStatus = 201, openBody = OPEN } = {}) {
-  const streams = [];
-  const waiters = [];
-  const fetch = async (url, init = {}) => {
-    if (init.method === 'POST') {
-      return { status: openStatus, headers: { get: () => null }, text: async () => JSON.stringify(openBody) };
-    }
-    const queue = [];
-    let pull;
-    const s = {
-      url,
-      headers: init.headers,
-      status: 200,
-      push(text) { queue.push({ value: enc.encode(text), done: false }); if (pull) pull(); },
-      end() { queue.push({ done: true }); if (pull) pull(); },
-      fail() { queue.push(new Error('reset')); if (pull) pull(); },
-    };
-    streams.push(s);
-    waiters.splice(0).forEach((w) => w());
-    if (init.signal) init.signal.addEventListener('abort', () => s.fail());
-    await sleep(0);
-    if (s.status !== 200) return { status: s.status, headers: { get: () => null }, text: async () => s.body || '', body: null };
-    return {
-      status: 200,
-      headers: { get: () => 'text/event-stream' },
-      text: async () => '',
-      body: {
-        getReader: () => ({
-          async read() {
-            while (!queue.length) await new Promise((r) => (pull = r));
-            const item = queue.shift();
-            if (item instanceof Error) throw item;
-            return item;
-          },
-          cancel: async () => {},
-        }),
-      },
-    };
-  };
-  const env = { fetch, AbortController, ReadableStream };
-  const nextStream = async (n) => {
-    while (streams.length < n) await new Promise((r) => waiters.push(r));
-    return streams[n - 1];
-  };
-  return { env, streams, nextStream };
-}
-
-const ev = (id, data, type = 'message') => `id: ${id}\nevent: ${type}\ndata: ${JSON.stringify(data)}\n\n`;
+import { OPEN, scriptedEnv, ev } from './fakes/scripted.mjs';
 
 test('states: connecting -> open -> reconnecting -> open -> ended; resume from last id, no duplicates', async () => {
   const { env, nextStream } = scriptedEnv();
@@ -76,14 +19,16 @@ test('states: connecting -> open -> reconnecting -> open -> ended; resume from l
   const s1 = await nextStream(1);
   assert.equal(s1.headers.Authorization, 'Bearer RT');
   s1.push('retry: 1000\n\n' + ev('1-0', 'a') + ev('2-0', 'b').slice(0, 9));
-  await sleep(5);
+  await until(() => got.length === 1);
   s1.fail();
   const s2 = await nextStream(2);
   assert.match(s2.url, /last_event_id=1-0/);
   s2.push(ev('1-0', 'a') + ev('2-0', 'b') + ': hb\n\n' + ev('3-0', 'c'));
   s2.push(ev('4-0', { done: true }, 'end'));
-  await sleep(5);
-  assert.deepEqual(got, [['a', '1-0', 'fetch'], ['b', '2-0', 'fetch'], ['c', '3-0', 'fetch']]);
+  await until(() => ch.state === 'ended');
+  // `transport` is the wire transport (the broker's name), `adapter` how this host spoke it.
+  assert.deepEqual(got, [['a', '1-0', 'sse'], ['b', '2-0', 'sse'], ['c', '3-0', 'sse']]);
+  assert.equal(ch.adapter, 'fetch');
   assert.equal(ch.endData.done, true);
   assert.deepEqual(states, ['connecting', 'open', 'reconnecting', 'open', 'ended']);
 });
@@ -138,7 +83,7 @@ test('transient stream failures are retried (with backoff) without surfacing err
   await ch.open();
   const s1 = await nextStream(1);
   s1.push(ev('1-0', 'a'));
-  await sleep(5);
+  await until(() => ch.lastEventId === '1-0');
   s1.fail();
   const s2 = await nextStream(2);
   s2.fail(); // fails before its first byte: counted against the transport, retried after backoff
@@ -149,7 +94,7 @@ test('transient stream failures are retried (with backoff) without surfacing err
   assert.equal(ch.state, 'closed');
 });
 
-test('410 channel_gone is fatal: error event with code, state closed, iterator throws', async () => {
+test('410 channel_gone is fatal: error event with code, then close, state closed, iterator throws', async () => {
   const { env, streams } = scriptedEnv();
   const baseFetch = env.fetch;
   env.fetch = async (url, init = {}) => {
@@ -158,9 +103,14 @@ test('410 channel_gone is fatal: error event with code, state closed, iterator t
     return { status: 410, headers: { get: () => null }, text: async () => '{"error":{"code":"channel_gone","message":"gone"}}', body: null };
   };
   const ch = new SSEChannel({ broker: 'http://b', env, transport: 'fetch' });
+  const events = [];
+  ch.on('error', (e) => events.push('error:' + e.code));
+  ch.on('close', () => events.push('close'));
   await ch.open();
   const it = ch[Symbol.asyncIterator]();
   const err = await it.next().catch((e) => e);
+  // As after end: uniCloud apps tidy up on `close`, so a fatal error is followed by it too.
+  assert.deepEqual(events, ['error:channel_gone', 'close']);
   assert.ok(err instanceof UnbrokenError);
   assert.equal(err.code, 'channel_gone');
   assert.equal(err.status, 410);
@@ -181,12 +131,13 @@ test('async iteration yields messages that arrived before it started, then ends;
   await ch.open();
   const s1 = await nextStream(1);
   s1.push(ev('1-0', 1) + ev('2-0', 2));
-  await sleep(5);
+  await until(() => ch.lastEventId === '2-0');
   const seen = [];
-  setTimeout(() => s1.push(ev('3-0', 3) + ev('4-0', { message: 'boom', code: 'upstream' }, 'error')), 10);
+  const it = ch[Symbol.asyncIterator]();
+  s1.push(ev('3-0', 3) + ev('4-0', { message: 'boom', code: 'upstream' }, 'error'));
   const err = await (async () => {
     try {
-      for await (const d of ch) seen.push(d);
+      for (let r = await it.next(); !r.done; r = await it.next()) seen.push(r.value);
     } catch (e) {
       return e;
     }
@@ -208,20 +159,20 @@ test('lifecycle: app show after hide resumes at once from the last id (no global
     onAppHide: (f) => hides.push(f),
     offAppHide: (f) => hides.splice(hides.indexOf(f), 1),
   };
-  const ch = new SSEChannel({ broker: 'http://b', env, transport: 'fetch' });
+  let now = 1_000_000;
+  const ch = new SSEChannel({ broker: 'http://b', env, transport: 'fetch', clock: () => now });
   await ch.open();
   assert.equal(shows.length, 1);
   const s1 = await nextStream(1);
   s1.push(ev('7-0', 'x'));
-  await sleep(5);
+  await until(() => ch.lastEventId === '7-0');
   hides.forEach((f) => f());
-  await sleep(1100);
+  now += 1100; // hidden for 1.1 s on the channel's clock
   shows.forEach((f) => f());
   const s2 = await nextStream(2);
   assert.match(s2.url, /last_event_id=7-0/);
   s2.push(ev('8-0', null, 'end'));
-  await sleep(5);
-  assert.equal(ch.state, 'ended');
+  await until(() => ch.state === 'ended');
   assert.equal(shows.length, 0, 'hooks removed when the channel ends');
   assert.equal(hides.length, 0);
 });
@@ -234,12 +185,11 @@ test('messages that arrive before any listener are kept and handed over in order
   await ch.open();
   const s1 = await nextStream(1);
   s1.push(ev('1-0', 'early1') + ev('2-0', 'early2'));
-  await sleep(5);
+  await until(() => ch.lastEventId === '2-0');
   const got = [];
   ch.on('message', (d, meta) => got.push([d, meta.id]));
   s1.push(ev('3-0', 'late') + ev('4-0', 'fin', 'end'));
-  await sleep(5);
-  ch.on('end', () => {});
+  await until(() => ch.state === 'ended');
   assert.deepEqual(got, [['early1', '1-0'], ['early2', '2-0'], ['late', '3-0']]);
   assert.deepEqual(events, ['close'], 'close follows end, as in uniCloud');
 });
@@ -247,12 +197,11 @@ test('messages that arrive before any listener are kept and handed over in order
 test('close() while open() is in flight leaves no connection and no lifecycle hook behind', async () => {
   const { env, streams } = scriptedEnv();
   const shows = [];
-  env.wx = { request() {}, onAppShow: (f) => shows.push(f), onAppHide: () => {} };
+  env.wx = { request() {}, onAppShow: (f) => shows.push(f), offAppShow: (f) => shows.splice(shows.indexOf(f), 1), onAppHide: () => {}, offAppHide: () => {} };
   const ch = new SSEChannel({ broker: 'http://b', env, transport: 'fetch' });
   const opening = ch.open();
   ch.close();
-  await opening;
-  await sleep(20);
+  await opening; // resolved: had it connected, the stream request would have been made by now
   assert.equal(ch.state, 'closed');
   assert.equal(streams.length, 0);
   assert.equal(shows.length, 0);

@@ -14,7 +14,8 @@ import type { Transport } from './types.js';
  * bounded window (`/stream?max_duration=`) that ends with a `reconnect` notice and resumes.
  */
 export const chunkedTransport: Transport = {
-  name: 'chunked',
+  name: 'mp-request',
+  wire: 'chunked',
   supported: (host) => !!host.mp && host.mpChunked,
   connect(host, req, on) {
     let closed = false;

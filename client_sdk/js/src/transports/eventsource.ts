@@ -12,6 +12,7 @@ import type { Transport } from './types.js';
  */
 export const eventSourceTransport: Transport = {
   name: 'eventsource',
+  wire: 'sse',
   supported: (host) => typeof host.env.EventSource === 'function',
   connect(host, req, on) {
     let closed = false;
@@ -26,7 +27,7 @@ export const eventSourceTransport: Transport = {
       on.closed(err);
     };
     es.addEventListener('open', () => on.activity());
-    for (const type of ['message', 'end', 'error', 'gap', 'reconnect']) {
+    for (const type of ['message', 'end', 'error', 'cancelled', 'gap', 'reconnect']) {
       es.addEventListener(type, (ev) => {
         if (closed) return;
         // A connection failure is also dispatched as `error`, but without data.

@@ -6,6 +6,7 @@ import type { Transport } from './types.js';
 /** fetch with a readable body (browsers, Node 18+, expo/fetch): SSE framing on `/events`. */
 export const fetchTransport: Transport = {
   name: 'fetch',
+  wire: 'sse',
   supported: (host) => host.streamingFetch,
   connect(host, req, on) {
     const env = host.env;

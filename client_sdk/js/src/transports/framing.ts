@@ -36,6 +36,7 @@ export function sseToWire(type: string, raw: string, id: string | undefined): Wi
     case 'message':
     case 'end':
     case 'error':
+    case 'cancelled':
       return { type, id, data };
     case 'gap':
       return { type: 'gap', data };

@@ -3,7 +3,7 @@ import { httpRequest, withQuery, type Pending } from '../http.js';
 import type { Transport, WireEvent } from './types.js';
 
 interface PollBody {
-  events: { id: string; type: 'message' | 'end' | 'error'; data: unknown }[];
+  events: { id: string; type: 'message' | 'end' | 'error' | 'cancelled'; data: unknown }[];
   last_event_id?: string | null;
   ended: boolean;
   gap: { first_id: string } | null;
@@ -16,6 +16,7 @@ interface PollBody {
  */
 export const pollTransport: Transport = {
   name: 'poll',
+  wire: 'poll',
   supported: (host) => !!(host.fetch || (host.mp && host.mp.request) || host.env.XMLHttpRequest),
   quietMs: (req) => req.pollTimeout * 1000,
   connect(host, req, on) {
@@ -41,6 +42,12 @@ export const pollTransport: Transport = {
       pending.promise.then(
         (res) => {
           if (closed) return;
+          // 204: the channel ended before our position (tests/conformance/status.json: `ended`).
+          if (res.status === 204) {
+            on.activity();
+            on.event({ type: 'end', data: null });
+            return finish();
+          }
           if (res.status !== 200) return finish(httpError(res.status, res.text));
           let body: PollBody;
           try {
@@ -56,7 +63,7 @@ export const pollTransport: Transport = {
           }
           if (body.last_event_id) last = body.last_event_id;
           if (body.ended) {
-            if (!(body.events || []).some((e) => e.type === 'end' || e.type === 'error')) on.event({ type: 'end', data: null });
+            if (!(body.events || []).some((e) => e.type !== 'message')) on.event({ type: 'end', data: null });
             return finish();
           }
           loop();

@@ -1,11 +1,18 @@
 import type { UnbrokenError } from '../errors.js';
 import type { Host } from '../host.js';
 
-export type TransportName = 'fetch' | 'eventsource' | 'xhr' | 'chunked' | 'websocket' | 'poll';
+/**
+ * The wire transport, named as the broker names it (metrics, status, both client SDKs):
+ * `sse` (/events), `chunked` (/stream), `ws` (/ws), `poll` (/poll).
+ */
+export type TransportName = 'sse' | 'chunked' | 'ws' | 'poll';
+
+/** How this SDK speaks a wire transport on a given host (a separate notion from the wire). */
+export type AdapterName = 'fetch' | 'eventsource' | 'xhr' | 'mp-request' | 'websocket' | 'poll';
 
 /** One event as every transport reports it, whatever its framing on the wire. */
 export interface WireEvent {
-  type: 'message' | 'end' | 'error' | 'gap' | 'reconnect';
+  type: 'message' | 'end' | 'error' | 'cancelled' | 'gap' | 'reconnect';
   id?: string;
   data?: unknown;
 }
@@ -44,7 +51,9 @@ export interface Connection {
 
 /** The one interface every transport implements (centrifuge-js style): connect, report, close. */
 export interface Transport {
-  readonly name: TransportName;
+  readonly name: AdapterName;
+  /** The broker endpoint it reads. */
+  readonly wire: TransportName;
   /** Can this host run it at all? Pure capability detection. */
   supported(host: Host): boolean;
   connect(host: Host, req: ConnectRequest, on: TransportHandlers): Connection;

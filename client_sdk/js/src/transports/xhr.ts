@@ -9,6 +9,7 @@ import type { Transport } from './types.js';
  */
 export const xhrTransport: Transport = {
   name: 'xhr',
+  wire: 'chunked',
   supported: (host) => typeof host.env.XMLHttpRequest === 'function',
   connect(host, req, on) {
     let closed = false;
