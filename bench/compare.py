@@ -234,10 +234,15 @@ async def idle_sse(server: Server, plan: Plan) -> dict[str, float]:
     requests = [server.sse(channels[n % len(channels)]) for n in range(plan.idle_readers)]
     await asyncio.sleep(0.5)
     rss = rss_bytes(server.memory_pids)
+    cpu = cpu_seconds(server.pids)
     started = time.perf_counter()
     readers = await open_readers(server.port, requests, timeout=plan.cap)
     opened = time.perf_counter() - started
-    say(f"  {server.name}: {len(readers):,} SSE readers connected in {opened:.2f} s")
+    cpu = cpu_seconds(server.pids) - cpu
+    say(
+        f"  {server.name}: {len(readers):,} SSE readers connected in {opened:.2f} s, "
+        f"{cpu / len(readers) * 1e6:.0f} µs server CPU each"
+    )
     try:
         await asyncio.sleep(1.0)
         rss = rss_bytes(server.memory_pids) - rss
@@ -441,12 +446,18 @@ def scenarios(plan: Plan) -> list[tuple[str, str, Scenario]]:
     return found
 
 
+def slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in title).strip("-")
+
+
 def start_py_spy(folder: str, name: str, server: Unbroken) -> subprocess.Popen[bytes]:
     """Sample the broker during one scenario: collapsed stacks into FOLDER/NAME.txt."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     assert server.process is not None
     command = ["py-spy", "record", "--pid", str(server.process.pid), "--rate", "200"]
-    command += ["--format", "raw", "--nonblocking", "-o", f"{folder}/{name}.txt"]
+    command += ["--format", "raw", "-o", f"{folder}/{name}.txt"]
+    # PY_SPY_NATIVE=1: C frames too (uvloop, the kernel calls); py-spy then pauses the process.
+    command.append("--native" if os.environ.get("PY_SPY_NATIVE") else "--nonblocking")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -465,7 +476,8 @@ async def run_all(
                 try:
                     server.start(plan.heartbeat)
                     if profile and isinstance(server, Unbroken):
-                        spy = start_py_spy(profile, f"{key}-{server.name}-{number + 1}", server)
+                        name = f"{slug(title)}-{server.name}-{number + 1}"
+                        spy = start_py_spy(profile, name, server)
                     async with asyncio.timeout(plan.cap):
                         found = await scenario(server, plan)
                 except Exception as exc:  # one failure must not end the run

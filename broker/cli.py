@@ -166,6 +166,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats")
     serve.add_argument(
+        "--stall-timeout",
+        type=float,
+        help="seconds a replaying reader's socket may take nothing before it is disconnected "
+        "(slow_consumer)",
+    )
+    serve.add_argument(
         "--writer-timeout",
         type=int,
         help="writer lease in seconds for channels opened without one: a channel whose writer "
@@ -246,6 +252,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "max_channels",
             "heartbeat",
             "writer_timeout",
+            "stall_timeout",
             "idle_ttl",
             "retention",
             "max_messages",

@@ -119,7 +119,8 @@ class Subscriber:
         self.closed: ReconnectReason | None = None
         self.direct: Direct | None = None
         self.beat = 0  # the hub's heartbeat tick of the last write to this reader
-        self._queue: deque[Event] = deque()
+        # Made on first use: an empty deque is 600 bytes, and most readers never queue.
+        self._queue: deque[Event] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def attach(self, direct: Direct) -> None:
@@ -140,8 +141,11 @@ class Subscriber:
             events = [event for event in events if event.terminal]
             if not events:
                 return
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         for event in events:
-            self._queue.append(event)
+            queue.append(event)
             self.pending += len(event.sse)
         if self.pending > self.max_pending:
             self.close("slow_consumer")
@@ -151,7 +155,7 @@ class Subscriber:
     def close(self, reason: ReconnectReason) -> None:
         if self.closed is None:
             self.closed = reason
-            self._queue.clear()
+            self._queue = None
             self.pending = 0
             self._wake()
 
@@ -170,6 +174,8 @@ class Subscriber:
             raise Closed(self.closed)
         batch: list[Event] = []
         queue = self._queue
+        if not queue:
+            return batch
         while queue and len(batch) < limit:
             event = queue.popleft()
             self.pending -= len(event.sse)

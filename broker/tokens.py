@@ -21,6 +21,9 @@ CLOCK_SKEW = 60  # seconds a token's `iat`/`nbf` may lie ahead of this host's cl
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
+VERIFIED_CACHE_SIZE = 10_000  # tokens remembered as correctly signed
+
+
 class TokenError(Exception):
     """A token was refused. `code` is the protocol's error code, `status` the HTTP status."""
 
@@ -98,6 +101,11 @@ class KeyRing:
             raise ValueError("a key ring needs at least one key")
         self._keys = dict(keys)
         self.signing_kid = next(iter(self._keys))
+        # Tokens whose signature checked out, with their claims: a reader or writer sends the
+        # same token on every request, and the HMAC, base64 and JSON of a check were an eighth
+        # of a write's CPU. The keys never change in a ring, so an entry never goes stale; the
+        # time checks (exp, nbf, iat) still run on every use.
+        self._verified: dict[str, Claims] = {}
 
     @classmethod
     def parse(cls, spec: str) -> KeyRing:
@@ -125,6 +133,22 @@ class KeyRing:
         return signing_input + "." + _b64encode(digest.digest())
 
     def verify(self, token: str, now: float | None = None) -> Claims:
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._check_signature(token)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()  # crude, and rare: a cache miss only costs a check
+            self._verified[token] = claims
+        now = time.time() if now is None else now
+        if claims.expires_at <= now:
+            raise TokenError("token_expired", "The token has expired; open a new channel.")
+        if claims.issued_at > now + CLOCK_SKEW:
+            raise TokenError("token_invalid", "The token claims to be issued in the future.")
+        if claims.not_before is not None and claims.not_before > now + CLOCK_SKEW:
+            raise TokenError("token_not_yet_valid", "The token is not valid yet (its nbf).")
+        return claims
+
+    def _check_signature(self, token: str) -> Claims:
         try:
             header_text, payload_text, signature_text = token.split(".")
             header = _json_segment(header_text)
@@ -136,21 +160,13 @@ class KeyRing:
             ).digest()
             if not hmac.compare_digest(expected, _b64decode(signature_text)):
                 raise TokenError("token_invalid", "The token's signature does not match.")
-            claims = _claims_from(_json_segment(payload_text))
+            return _claims_from(_json_segment(payload_text))
         except TokenError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise TokenError(
                 "token_invalid", "The token is not a well-formed Unbroken token."
             ) from exc
-        now = time.time() if now is None else now
-        if claims.expires_at <= now:
-            raise TokenError("token_expired", "The token has expired; open a new channel.")
-        if claims.issued_at > now + CLOCK_SKEW:
-            raise TokenError("token_invalid", "The token claims to be issued in the future.")
-        if claims.not_before is not None and claims.not_before > now + CLOCK_SKEW:
-            raise TokenError("token_not_yet_valid", "The token is not valid yet (its nbf).")
-        return claims
 
     def authorize(self, token: str, channel: str, scope: Scope) -> Claims:
         """Verify `token` and check it grants `scope` on `channel` (write implies read)."""

@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print each message's data as one JSON line until the channel ends. "
         "Reconnects are reported on stderr.",
     )
-    tail.add_argument("broker", help="broker base URL, e.g. http://localhost:8080")
+    tail.add_argument(
+        "broker",
+        help="broker base URL, e.g. http://localhost:8080 or localhost:8080; several, "
+        "comma-separated, to fail over between brokers sharing one Redis",
+    )
     tail.add_argument(
         "channel",
         help="channel id (with --token), a read/write token, or a channel token / open "
@@ -84,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument(
         "--from", dest="last_event_id", metavar="LAST_ID", help="start after this event id"
     )
-    tail.add_argument("--heartbeat", type=float, help="the broker's heartbeat seconds (default 15)")
+    tail.add_argument(
+        "--heartbeat",
+        type=float,
+        help="the broker's heartbeat seconds until it announces its own (default 15)",
+    )
     tail.add_argument("--idle-timeout", type=float, help="reconnect after this many silent seconds")
     tail.add_argument(
         "--max-retries",
@@ -154,6 +162,14 @@ class _Tail:
                     print(f"# {event.id}\n{_dumps(event.data, True)}", file=self.out, flush=True)
                 else:
                     print(_dumps(event.data, False), file=self.out, flush=True)
+            if channel.cancelled:
+                if args.events and channel.last_event_id is not None:
+                    data = {"reason": channel.cancel_reason}
+                    end = {"id": channel.last_event_id, "type": "cancelled", "data": data}
+                    print(_dumps(end, args.pretty), file=self.out, flush=True)
+                reason = f": {channel.cancel_reason}" if channel.cancel_reason else ""
+                self.notice(f"channel {channel.id} was cancelled{reason}")
+                return EXIT_END
             if args.events and channel.last_event_id is not None:
                 end = {"id": channel.last_event_id, "type": "end", "data": channel.end_data}
                 print(_dumps(end, args.pretty), file=self.out, flush=True)

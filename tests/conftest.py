@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.redis_server import private_redis
+from tests.tools import in_ci, missing
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +16,7 @@ def redis_url() -> Iterator[str]:
     """URL of a Redis started for this test session; skips the test when none can be had."""
     with private_redis() as url:
         if url is None:
-            pytest.skip("no redis-server binary and no UNBROKEN_TEST_REDIS_URL")
+            missing("redis-server (apt-get install redis-server; or UNBROKEN_TEST_REDIS_URL)")
         yield url
 
 
@@ -26,7 +27,7 @@ def npm_install(folder: Path) -> str:
     """`npm ci` in `folder` when its node_modules is missing; skips when npm is absent."""
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
-        pytest.skip("node/npm are not on PATH: these tests need Node.js >= 18")
+        missing("Node.js >= 18 with npm (apt-get install nodejs npm)")
     if not (folder / "node_modules").is_dir():
         run_or_fail([npm, "ci", "--no-audit", "--no-fund"], folder, "npm ci")
     return npm
@@ -53,3 +54,16 @@ def browser_driver() -> Path:
     folder = ROOT / "tests" / "browser"
     npm_install(folder)
     return folder
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI every tool is installed (.ci/run), so a skip there hides a broken setup or a
+    test that cannot run: it fails instead, with the skip's reason."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, which must run every test: {reason}"

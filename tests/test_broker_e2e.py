@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -49,11 +49,21 @@ async def wait_for_subscribers(broker: Broker, opened: dict[str, Any], count: in
     raise AssertionError(f"subscribers never reached {count}: {status['subscribers']}")
 
 
-def assert_exact(received: Received, expected: list[Any], end: Any) -> None:
-    assert received.messages == expected
-    assert received.terminal == ("end", end)
+def assert_exact(received: Received, expected: list[Any], end: Any, label: str = "") -> None:
+    assert received.messages == expected, label
+    assert received.terminal == ("end", end), label
     ids = [event_id for event_id, _, _ in received.events]
-    assert len(ids) == len(set(ids)), "duplicate event ids"
+    assert len(ids) == len(set(ids)), f"duplicate event ids {label}"
+
+
+async def until(condition: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
+    """Wait for `condition` (polled), failing after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = condition()
+            if result if isinstance(result, bool) else await result:
+                return
+            await asyncio.sleep(0.02)
 
 
 async def test_every_transport_reads_1000_messages_at_once(broker: Broker) -> None:
@@ -66,7 +76,7 @@ async def test_every_transport_reads_1000_messages_at_once(broker: Broker) -> No
         await channel.end({"done": True})
     results = await asyncio.wait_for(asyncio.gather(*readers), 30)
     for transport, received in zip(TRANSPORTS, results, strict=True):
-        assert_exact(received, [{"n": n} for n in range(1000)], {"done": True}), transport
+        assert_exact(received, [{"n": n} for n in range(1000)], {"done": True}, transport)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -314,14 +324,19 @@ async def test_reconnect_after_the_end_is_told_there_is_nothing_more(broker: Bro
 async def test_heartbeats_on_an_idle_stream(settings: Settings) -> None:
     async with running_broker(settings.with_overrides(heartbeat=0.2)) as broker:
         opened = await broker.open()
-        sse = asyncio.create_task(read(broker.session, opened, "sse"))
-        ws = asyncio.create_task(read(broker.session, opened, "ws"))
-        await asyncio.sleep(1.0)
+        sse_received, ws_received = Received(), Received()
+        sse = asyncio.create_task(read(broker.session, opened, "sse", sse_received))
+        ws = asyncio.create_task(read(broker.session, opened, "ws", ws_received))
+
+        def beats(received: Received, kind: str) -> int:
+            return sum(1 for notice, _ in received.notices if notice == kind)
+
+        # Three heartbeats of 0.2 s each on both, with nothing written in between.
+        await until(lambda: beats(sse_received, "hb") >= 3 and beats(ws_received, "ping") >= 3)
+        assert sse_received.events == ws_received.events == []
         async with Channel.from_token(opened["channel_token"], broker_url=broker.url) as channel:
             await channel.write("after the silence")
-        sse_received, ws_received = await asyncio.gather(sse, ws)
-        assert sum(1 for kind, _ in sse_received.notices if kind == "hb") >= 3
-        assert sum(1 for kind, _ in ws_received.notices if kind == "ping") >= 3
+        await asyncio.gather(sse, ws)
         assert sse_received.messages == ws_received.messages == ["after the silence"]
 
 
@@ -371,7 +386,16 @@ async def test_delete_disconnects_readers_and_then_410(broker: Broker) -> None:
 async def test_idle_channel_expires(settings: Settings) -> None:
     async with running_broker(settings.with_overrides(idle_ttl=1)) as broker:
         opened = await broker.open()
-        await asyncio.sleep(2.2)
+        started = asyncio.get_running_loop().time()
+        url = f"{broker.url}/v1/channels/{opened['id']}"
+        headers = {"Authorization": f"Bearer {opened['read_token']}"}
+
+        async def gone() -> bool:  # a status request reads without refreshing the idle TTL
+            async with broker.session.get(url, headers=headers) as response:
+                return response.status in (404, 410)
+
+        await until(gone)
+        assert asyncio.get_running_loop().time() - started >= 0.9  # not before idle_ttl
         status, body = await _post(
             broker,
             f"/v1/channels/{opened['id']}/messages",

@@ -66,6 +66,21 @@ async def read_all(channel: Channel, on_event: Any = None) -> list[Event]:
     return events
 
 
+async def waiting_reader(
+    session: aiohttp.ClientSession, broker: str, channel: Channel, transport: str
+) -> None:
+    """Until the broker counts a reader of `transport` on the channel (a long-poll is counted
+    only while the broker holds it)."""
+    url = f"{broker}/v1/channels/{channel.id}"
+    headers = {"Authorization": f"Bearer {channel.read_token}"}
+    async with asyncio.timeout(10):
+        while True:
+            async with session.get(url, headers=headers) as resp:
+                if (await resp.json())["subscribers"][transport] >= 1:
+                    return
+            await asyncio.sleep(0.02)
+
+
 def assert_exactly_once(events: list[Event], count: int) -> None:
     assert [e.data for e in events] == [{"i": i} for i in range(count)]
     assert all(is_after(b.id, a.id) for a, b in itertools.pairwise(events))
@@ -123,10 +138,10 @@ async def test_resume_after_connection_cut(
             phases: list[asyncio.Task[None]] = []
 
             async def next_phase(n: int) -> None:
-                # Everything written so far has been read and the client waits on a live
-                # connection (a held long-poll for poll): cut it, then write the next part
+                # Everything written so far has been read; once the client waits on a live
+                # connection (a held long-poll for poll), cut it, then write the next part
                 # while the client reconnects.
-                await asyncio.sleep(0.3)
+                await waiting_reader(session, broker, opened, transport)
                 proxy.cut()
                 await writer.stream(n, n + 100, finish=n == 200, end="done")
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from client_sdk import create_channel
+from client_sdk import create_channel, subscribe
 from tests.client_sdk_support import REPO, Proxy, Writer, broker_process, free_port
 from worker.channel import Channel as WorkerChannel
 
@@ -134,6 +134,24 @@ async def test_tail_pretty_events_and_from(broker: str, session: aiohttp.ClientS
     code, out, err = await run_cli("tail", broker, info["read_token"], "--pretty")
     assert code == 0, err
     assert out.startswith(f"# {ids[0]}\n{{\n") and '  "i": 2\n}' in out
+
+
+async def test_tail_reports_a_cancelled_channel(
+    broker: str, session: aiohttp.ClientSession
+) -> None:
+    info = await create_channel(session, broker)
+    writer = Writer(session, info["channel_token"])
+    ids = await writer.messages(["partial"])
+    async with subscribe(broker, info, session=session) as ch:
+        answer = await ch.cancel(reason := "user pressed stop")
+    code, out, err = await run_cli("tail", broker, info["read_token"], "--events")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events == [
+        {"id": ids[0], "type": "message", "data": "partial"},
+        {"id": answer["last_event_id"], "type": "cancelled", "data": {"reason": reason}},
+    ]
+    assert "was cancelled: user pressed stop" in err
 
 
 async def test_tail_exits_1_on_error_event(broker: str, session: aiohttp.ClientSession) -> None:

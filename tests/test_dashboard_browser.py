@@ -1,40 +1,35 @@
 """The dashboard in a real Chromium: a real broker, a worker writing, the page showing it live.
 
-Chromium is Debian's (`apt-get install chromium`), driven by playwright-core from tests/browser
-(`npm ci` there). Screenshots go to test-artifacts/.
+Chromium or Chrome (tests/tools.py finds it: CHROME_PATH, /usr/bin/chromium, or on the PATH) is
+driven by playwright-core from tests/browser (`npm ci` there). Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
+import os
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.broker_process import ROOT, BrokerProcess
+from tests.tools import need_chrome, need_tool
 from worker.channel import Channel
 
-CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = ROOT / "tests" / "browser" / "dashboard.mjs"
 ARTIFACTS = ROOT / "test-artifacts"
 SDK_BUILD = ROOT / "client_sdk" / "js" / "dist" / "esm" / "index.js"
 ADMIN_TOKEN = "dashboard-test-admin"
-
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(shutil.which("node") is None, reason="no node to run playwright-core"),
-]
 
 
 @pytest.mark.parametrize("mode", ["sdk", "eventsource"])
 async def test_dashboard_lists_channel_and_tails_messages(
     mode: str, browser_driver: Path, request: pytest.FixtureRequest
 ) -> None:
+    chrome = need_chrome()
+    node = need_tool("node", "nodejs")
     if mode == "sdk":
         request.getfixturevalue("js_built")  # the dashboard serves the built SDK
         assert SDK_BUILD.exists(), f"npm run build did not produce {SDK_BUILD}"
@@ -52,13 +47,14 @@ async def test_dashboard_lists_channel_and_tails_messages(
         first = await worker.write({"text": "hello from the worker", "n": 0})
 
         driver = await asyncio.create_subprocess_exec(
-            "node",
+            node,
             str(DRIVER),
             broker.url,
             ADMIN_TOKEN,
             opened["id"],
             str(screenshot),
             mode,
+            env={**os.environ, "CHROME_PATH": chrome},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

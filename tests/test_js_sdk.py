@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import find_chrome, need_chrome
+
 JS_DIR = Path(__file__).resolve().parent.parent / "client_sdk" / "js"
 TEST_FILES = sorted(p.name for p in (JS_DIR / "test").glob("*.test.mjs"))
 
@@ -23,6 +25,10 @@ TEST_FILES = sorted(p.name for p in (JS_DIR / "test").glob("*.test.mjs"))
 def test_js_sdk(js_built: Path, test_file: str) -> None:
     env = dict(os.environ)
     env.setdefault("NODE_OPTIONS", "")
+    # node --test reports a skipped test as a pass (exit 0): decide about the browser here.
+    chrome = need_chrome() if "browser" in test_file else find_chrome()
+    if chrome is not None:
+        env["CHROME_PATH"] = chrome
     proc = subprocess.run(
         ["node", "--test", "--test-reporter=spec", f"test/{test_file}"],
         cwd=js_built,

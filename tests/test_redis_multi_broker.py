@@ -66,6 +66,20 @@ async def wait_healthy(session: aiohttp.ClientSession, url: str) -> None:
     raise AssertionError(f"broker at {url} did not start")
 
 
+async def reading(
+    session: aiohttp.ClientSession, url: str, opened: dict[str, Any], transport: str
+) -> None:
+    """Until the broker at `url` counts a `transport` reader on the channel."""
+    status_url = f"{url}/v1/channels/{opened['id']}"
+    headers = {"Authorization": f"Bearer {opened['read_token']}"}
+    async with asyncio.timeout(10):
+        while True:
+            async with session.get(status_url, headers=headers) as response:
+                if (await response.json())["subscribers"][transport] >= 1:
+                    return
+            await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
@@ -98,7 +112,7 @@ async def test_resume_on_another_broker_with_a_worker_writing_to_redis(
             opened["channel_token"], redis_url=redis_url, redis_prefix=prefix, secret=SECRET
         )
         reader = asyncio.create_task(read(session, opened, transport, stop_after=100))
-        await asyncio.sleep(0.3)
+        await reading(session, first, opened, transport)  # then the writes arrive live
         for n in range(100):
             await channel.write(n)
         received: Received = await asyncio.wait_for(reader, 20)

@@ -155,10 +155,11 @@ async def test_no_id_at_or_below_the_resume_id_after_a_redis_restart(
         # Hold the feed's reconnection until the readers are in place (a gate, not a sleep).
         gate = asyncio.Event()
         gate.set()
-        new_connection = feed._new_pubsub_connection
+        route = feed._route
+        new_connection = route.connection
 
-        def gated_connection() -> Any:
-            conn = new_connection()
+        def gated_connection(node: str) -> Any:
+            conn = new_connection(node)
             connect = conn.connect
 
             async def connect_after_gate() -> None:
@@ -168,7 +169,7 @@ async def test_no_id_at_or_below_the_resume_id_after_a_redis_restart(
             conn.connect = connect_after_gate  # type: ignore[method-assign]
             return conn
 
-        feed._new_pubsub_connection = gated_connection  # type: ignore[method-assign]
+        route.connection = gated_connection  # type: ignore[method-assign]
 
         opened = await broker.open()
         keeper = asyncio.create_task(resume(broker.session, opened, "sse", "0-0"))

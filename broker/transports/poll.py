@@ -10,7 +10,13 @@ from broker.errors import ApiError
 from broker.events import Event
 from broker.hub import Closed
 from broker.transports.framing import poll_body
-from broker.transports.reading import authorize_reader, gone, start_reading
+from broker.transports.reading import (
+    POLL_BYTES,
+    authorize_reader,
+    gone,
+    read_bounded,
+    start_reading,
+)
 
 DEFAULT_TIMEOUT = 25.0
 MAX_TIMEOUT = 55.0
@@ -48,7 +54,7 @@ async def poll(request: web.Request) -> web.Response:
     timeout, limit = _parameters(request)
     try:
         await ctx.engine.expire_writers([channel_id])  # a dead writer's channel ends now
-        page: ReadResult = await ctx.engine.read(channel_id, after, limit)
+        page: ReadResult = await read_bounded(ctx, channel_id, after, limit, POLL_BYTES)
     except ChannelNotFound as exc:
         raise gone(channel_id) from exc
     if page.events or page.ended or timeout == 0:

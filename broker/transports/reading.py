@@ -7,6 +7,7 @@ replay wait in its queue and are dropped there if the replay already handed them
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,14 @@ from broker.events import Event, id_before, parse_event_id
 from broker.hub import Closed, Socket, Subscriber, as_socket
 from broker.transports.framing import Framer
 
-PAGE_SIZE = 500
+# Replay reads the backlog in pages bounded by count and by stored bytes, and writes each page
+# in slices that wait for the socket to drain, so a reader costs the broker about one page and
+# one slice however long the history is and however slowly it reads.
+PAGE_SIZE = 500  # events per page at most
+PAGE_BYTES = 256 * 1024  # stored (msgpack) bytes per page, about: at least one event
+FIRST_COUNT = 4  # events of a page's first read, before their sizes are known
+SLICE_BYTES = 64 * 1024  # per write; aiohttp waits for the socket to drain past 64 KiB
+POLL_BYTES = 1024 * 1024  # stored bytes per long-poll answer, about
 
 log = logging.getLogger("unbroken.readers")
 
@@ -58,9 +66,13 @@ def authorize_reader(request: web.Request) -> tuple[BrokerContext, str, str | No
 
 
 def socket_of(request: web.Request) -> Socket:
+    """The socket of a reader whose stream has started. The connection closes when the stream
+    ends (readers reconnect anyway), so aiohttp's keep-alive timer, which would sit in the
+    loop for an hour per idle reader, is dropped now."""
     socket = as_socket(request.transport)
     if socket is None:  # the connection is already gone
         raise ConnectionResetError("the reader's connection closed")
+    request.protocol.keep_alive(False)
     return socket
 
 
@@ -87,7 +99,8 @@ class Reading:
         return self.first.ended and not self.first.events
 
     async def backlog(self) -> AsyncIterator[list[Event]]:
-        """Stored events after the reader's position, page by page, recorded as handed over."""
+        """Stored events after the reader's position, page by page, recorded as handed over.
+        The next page is read only when the consumer asks for it (after writing this one)."""
         page = self.first
         while True:
             for event in page.events:
@@ -97,7 +110,7 @@ class Reading:
             if not page.more or not page.events:
                 return
             try:
-                page = await self.ctx.engine.read(self.channel_id, page.events[-1].id, PAGE_SIZE)
+                page = await read_bounded(self.ctx, self.channel_id, page.events[-1].id)
             except ChannelNotFound as exc:
                 raise gone(self.channel_id) from exc
 
@@ -130,7 +143,7 @@ async def start_reading(
         if terminal_only:
             first = await _terminal_position(ctx, channel_id, after, subscriber)
         else:
-            first = await ctx.engine.read(channel_id, after, PAGE_SIZE)
+            first = await read_bounded(ctx, channel_id, after)
     except ChannelNotFound as exc:
         await ctx.hub.unsubscribe(subscriber)
         raise gone(channel_id) from exc
@@ -139,6 +152,52 @@ async def start_reading(
         raise
     log.debug("reader connected", extra={"channel": channel_id, "transport": transport})
     return Reading(ctx, channel_id, subscriber, first)
+
+
+async def read_bounded(
+    ctx: BrokerContext,
+    channel_id: str,
+    after: str | None,
+    max_events: int = PAGE_SIZE,
+    max_bytes: int = PAGE_BYTES,
+) -> ReadResult:
+    """Up to `max_events` events after `after`, stopping once about `max_bytes` stored bytes are
+    read (at least one event). Reads in steps sized by what the events read so far weigh, so a
+    page of big messages is never fetched whole. Raises ChannelNotFound."""
+    events: list[Event] = []
+    size = 0
+    count = min(max_events, FIRST_COUNT)
+    position = after
+    first: ReadResult | None = None
+    while True:
+        page = await ctx.engine.read(channel_id, position, count)
+        first = first or page
+        events += page.events
+        size += sum(len(event.payload) for event in page.events)
+        if not page.more or not page.events or len(events) >= max_events or size >= max_bytes:
+            return ReadResult(
+                events=events,
+                gap=first.gap,
+                ended=page.ended,
+                last_event_id=page.last_event_id,
+                more=page.more,
+            )
+        position = events[-1].id
+        average = max(1, size // len(events))
+        count = max(1, min(max_events - len(events), (max_bytes - size) // average))
+
+
+def _slices(events: list[Event]) -> list[list[Event]]:
+    """`events` cut into runs of about SLICE_BYTES (each at least one event)."""
+    slices: list[list[Event]] = [[]]
+    size = 0
+    for event in events:
+        if slices[-1] and size + len(event.payload) > SLICE_BYTES:
+            slices.append([])
+            size = 0
+        slices[-1].append(event)
+        size += len(event.payload)
+    return slices
 
 
 def heartbeat_header(ctx: BrokerContext) -> dict[str, str]:
@@ -177,8 +236,18 @@ async def forward(reading: Reading, framer: Framer, duration: float | None) -> N
     """
     hub = reading.ctx.hub
     await framer.start(reading.gap)
+    framer.started()
+    stall = reading.ctx.settings.stall_timeout
     async for page in reading.backlog():
-        await framer.events(page)
+        for part in _slices(page):
+            try:
+                # Each slice waits for the socket to drain; a socket that takes nothing for
+                # `stall` seconds is a stalled reader, dropped as a live one would be.
+                async with asyncio.timeout(stall):
+                    await framer.events(part)
+            except TimeoutError:
+                _drop_stalled(reading, framer)
+                return
         if page[-1].terminal:
             await framer.end(page[-1])
             return
@@ -203,6 +272,21 @@ async def forward(reading: Reading, framer: Framer, duration: float | None) -> N
         elif deadline is not None and time.monotonic() >= deadline:
             await framer.reconnect("max_duration")
             return
+
+
+def _drop_stalled(reading: Reading, framer: Framer) -> None:
+    """Disconnect a reader that stopped reading mid-replay. Nothing more can reach it (its
+    socket is full), so the connection is aborted, which frees what the socket buffered; it
+    resumes from its last id when it reads again."""
+    reading.subscriber.close("slow_consumer")
+    reading.ctx.hub.slow_consumers += 1
+    abort = getattr(framer.socket, "abort", None)
+    if abort is not None:
+        abort()
+    log.info(
+        "reader stalled during replay; disconnected (slow_consumer)",
+        extra={"channel": reading.channel_id, "transport": reading.subscriber.transport},
+    )
 
 
 _DONE = ReadResult(events=[], gap=None, ended=False)

@@ -1,4 +1,4 @@
-// Drives the dashboard in Debian's Chromium for tests/test_dashboard_browser.py.
+// Drives the dashboard in Chromium (CHROME_PATH, else Debian's) for tests/test_dashboard_browser.py.
 //
 // Usage: node dashboard.mjs <broker url> <admin token> <channel id> <screenshot path> [mode]
 // mode "eventsource" forces the dashboard's fallback tail (no JS SDK).
@@ -13,7 +13,7 @@ const [base, adminToken, channelId, screenshot, mode = 'sdk'] = process.argv.sli
 const TIMEOUT = 15000;
 
 const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
+  executablePath: process.env.CHROME_PATH || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--no-first-run'],
 });

@@ -119,7 +119,10 @@ export class ChannelWriter {
     return p;
   }
 
-  /** Stop the cancel watch (`end()` and `error()` do this too). Writes still work. */
+  /**
+   * Stop the cancel watch (`end()` and `error()` do this too). While it runs, its connection keeps
+   * a Node process alive, as any pending request does. Writes still work.
+   */
   close(): void {
     this.stopWatch();
   }
@@ -312,7 +315,6 @@ export class ChannelWriter {
           if (conn) conn.close();
           again();
         }, WATCH_IDLE_MS);
-        unref(idle);
       };
       const again = () => {
         clearTimeout(idle);
@@ -369,7 +371,6 @@ export class ChannelWriter {
       if (done) conn.close();
       else this.watch = conn;
     }, delay);
-    unref(this.watchTimer);
   }
 
   private channelState(http: BackendHttp, base: string): Promise<string | undefined> {
@@ -424,11 +425,6 @@ function encode(data: unknown): string {
   return text === undefined ? 'null' : text;
 }
 
-function unref(t: unknown): void {
-  // Node: a pending watch timer must not keep a finished cloud function alive.
-  const h = t as { unref?: () => void } | undefined;
-  if (h && typeof h.unref === 'function') h.unref();
-}
 
 /** Accepts the channel token as an object, its JSON text, or the bare write JWT. */
 export function deserializeChannel(token: ChannelToken | string | { toJSON(): ChannelToken }, opts?: WriterOptions): ChannelWriter {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { SSEChannel, deserializeChannel } from '../dist/esm/index.js';
-import { startBroker, collect, REPO } from './helpers.mjs';
+import { startBroker, collect, until, REPO } from './helpers.mjs';
 
 const ROOT = join(REPO, 'client_sdk', 'js');
 let broker;
@@ -184,4 +184,31 @@ test('uniCloud cloud function without fetch: writes go through uniCloud.httpclie
   await runWithoutFetch(code, ch.toJSON());
   assert.equal(await c.done, 'bye');
   assert.deepEqual(c.messages, [0, 1, 2, 3, 4]);
+});
+
+test('no global fetch: waitCancelled() streams the terminal events over Node http and resolves on cancel', async () => {
+  const ch = new SSEChannel({ broker: broker.url, transport: 'sse' });
+  const closed = new Promise((r) => ch.on('close', r));
+  await ch.open();
+  const code = `
+    const { deserializeChannel } = require('./dist/cjs/index.js');
+    const w = deserializeChannel(process.argv[1]);
+    w.write('first').then(() => {
+      console.log('written');
+      return w.waitCancelled();
+    }).then((info) => {
+      console.log(JSON.stringify(info));
+      return w.write('after').then(() => process.exit(2), (e) => { console.log(e.code); });
+    }).catch((e) => { console.error(e.code, e.message); process.exit(1); });
+  `;
+  const child = runWithoutFetch(code, ch.toJSON());
+  await until(() => ch.lastEventId !== undefined, { timeout: 10000, what: 'the first write' });
+  await ch.cancel('stop');
+  const out = (await child).split('\n');
+  assert.equal(out[0], 'written');
+  const info = JSON.parse(out[1]);
+  assert.ok(info.reason === 'stop' || info.reason === null, out[1]);
+  assert.equal(out[2], 'channel_cancelled');
+  await closed;
+  assert.equal(ch.state, 'cancelled');
 });

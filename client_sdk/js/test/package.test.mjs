@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -77,4 +78,29 @@ test('size budget', (t) => {
   };
   t.diagnostic(`bundle sizes: ${JSON.stringify(sizes)} budget: ${JSON.stringify(BUDGET)}`);
   for (const k of Object.keys(BUDGET)) assert.ok(sizes[k] <= BUDGET[k], `${k} ${sizes[k]} > budget ${BUDGET[k]}`);
+});
+
+test('npm pack makes a tarball that installs offline into a fresh project and imports (ESM and CJS)', () => {
+  // What README and examples/ tell users to do until the package is on a registry.
+  const tmp = mkdtempSync(join(tmpdir(), 'unbroken-pack-'));
+  try {
+    const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+    // dist is built by `npm test`; prepack would build again.
+    const out = execFileSync(npm, ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], { cwd: ROOT, encoding: 'utf8' });
+    const [info] = JSON.parse(out);
+    assert.equal(info.filename, `unbroken-channel-${pkg.version}.tgz`);
+    const files = info.files.map((f) => f.path);
+    assert.ok(files.includes('dist/esm/index.js') && files.includes('dist/cjs/index.js') && files.includes('dist/esm/index.d.ts'));
+    assert.ok(!files.some((f) => f.startsWith('src/') || f.startsWith('test/')), 'only dist and README ship');
+    const app = join(tmp, 'app');
+    mkdirSync(app);
+    writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
+    execFileSync(npm, ['install', '--offline', '--no-audit', '--no-fund', join(tmp, info.filename)], { cwd: app, stdio: 'pipe' });
+    const check = `const { SSEChannel, deserializeChannel, deserializeSSEChannel, State } = require('unbroken-channel');
+      if (typeof SSEChannel !== 'function' || deserializeSSEChannel !== deserializeChannel || State.Cancelled !== 'cancelled') process.exit(1);`;
+    execFileSync(process.execPath, ['-e', check], { cwd: app, stdio: 'pipe' });
+    execFileSync(process.execPath, ['--input-type=module', '-e', `import { SSEChannel } from 'unbroken-channel'; if (typeof SSEChannel !== 'function') process.exit(1);`], { cwd: app, stdio: 'pipe' });
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 });

@@ -1,0 +1,2 @@
+python3 -m venv .venv && . .venv/bin/activate
+pip install -e .
