@@ -24,6 +24,14 @@ from tests.tools import need_tool
 NODE_TIMEOUT_MS = 1000
 
 
+def tools_missing() -> str | None:
+    """Why these deployments cannot be had here (None when they can)."""
+    for tool, package in (("redis-server", "redis-server"), ("redis-cli", "redis-tools")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not on PATH (apt-get install {package})"
+    return None
+
+
 def need_redis_tools() -> None:
     """Skip (fail under CI, which installs them) without redis-server and redis-cli. Sentinel
     runs as `redis-server --sentinel`: no other binary is needed."""
@@ -369,4 +377,5 @@ __all__ = [
     "redis_cluster",
     "redis_sentinel",
     "redis_standalone",
+    "tools_missing",
 ]
