@@ -456,10 +456,12 @@ class RedisConnection:
         listener, self._listener = self._listener, None
         # redis-py may swallow a cancellation that lands inside get_message(), so the flag
         # ends the loop too; cancelling again covers a listener parked elsewhere.
-        while listener is not None and not listener.done():
+        for _ in range(20):  # bounded: closing must not hang on a stuck socket
+            if listener is None or listener.done():
+                break
             listener.cancel()
             await asyncio.wait([listener], timeout=0.1)
-        if listener is not None and not listener.cancelled():
+        if listener is not None and listener.done() and not listener.cancelled():
             listener.exception()  # retrieved: it was logged where it happened
         await self.redis.aclose()
 
