@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -182,6 +183,52 @@ async def test_index_trims_dead_entries_on_create(cluster: Cluster) -> None:
         assert await entries() <= 60 + 10
         assert len(await engine.channels()) == 60
         assert await entries() == 60
+    finally:
+        await engine.close()
+
+
+async def test_feed_follows_a_slot_that_moves(cluster: Cluster) -> None:
+    """Resharding moves a watched channel's slot to another primary: Redis drops the shard
+    subscription there (SUNSUBSCRIBE), and the feed must re-subscribe on the new owner and
+    deliver what was written meanwhile, once."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    seen = Seen()
+    engine = RedisEngine(Limits(), cluster.url, prefix=prefix)
+    await engine.start(seen)
+    try:
+        client: Any = engine.redis
+        source = client.nodes_manager.get_node_from_slot(0)  # owns slots 0 .. n
+        target = next(n for n in client.get_primaries() if n.name != source.name)
+        name = next(
+            f"moving-{n}"
+            for n in range(100_000)
+            if key_slot(channel_keys(prefix, f"moving-{n}").meta.encode()) == 0
+        )
+        await engine.create(name)
+        await engine.watch(name)
+        ids = (await engine.append(name, [("message", b"\x01")], writer="w", seq=1)).ids
+        await until(lambda: seen.events.get(name) == ids)
+        ids_of = {}
+        for node in (source, target):
+            ids_of[node.name] = (
+                await client.execute_command("CLUSTER", "MYID", target_nodes=node)
+            ).decode()
+        moved = await asyncio.to_thread(
+            subprocess.run,
+            ["redis-cli", "--cluster", "reshard", source.name,
+             "--cluster-from", ids_of[source.name], "--cluster-to", ids_of[target.name],
+             "--cluster-slots", "1", "--cluster-yes"],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        for n in range(2, 12):
+            ids += (await engine.append(name, [("message", b"\x02")], writer="w", seq=n)).ids
+        await until(lambda: seen.events.get(name) == ids)
+        await client.nodes_manager.initialize()
+        assert client.nodes_manager.get_node_from_slot(0).name == target.name
+        live = channel_keys(prefix, name).live.encode()
+        links = [link.node for link in engine.feed._links.values() if live in link.watches]
+        assert links == [target.name], "still subscribed on the old owner"
     finally:
         await engine.close()
 
