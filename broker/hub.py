@@ -17,7 +17,7 @@ from typing import Protocol
 
 from broker.engine.base import Engine
 from broker.events import Event
-from broker.vocabulary import ReconnectReason
+from broker.vocabulary import ReconnectReason, Transport
 
 log = logging.getLogger("unbroken.hub")
 
@@ -106,7 +106,12 @@ class Subscriber:
     )
 
     def __init__(
-        self, channel_id: str, transport: str, max_pending: int, *, terminal_only: bool = False
+        self,
+        channel_id: str,
+        transport: Transport,
+        max_pending: int,
+        *,
+        terminal_only: bool = False,
     ) -> None:
         self.channel_id = channel_id
         self.transport = transport
@@ -299,7 +304,7 @@ class Hub:
                 self.slow_consumers += 1
 
     async def subscribe(
-        self, channel_id: str, transport: str, *, terminal_only: bool = False
+        self, channel_id: str, transport: Transport, *, terminal_only: bool = False
     ) -> Subscriber:
         """Register a reader. Events appended after this returns reach its queue."""
         subscriber = Subscriber(

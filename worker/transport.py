@@ -344,10 +344,9 @@ class RedisConnection:
     async def _sharded_pubsub(self) -> bool:
         """Whether entries are published with SPUBLISH here: decided by the same check as the
         scripts' (broker.engine.redis_layout.sharded_pubsub), so worker and broker agree."""
-        from broker.engine import redis_layout
+        from broker.engine.redis_layout import sharded_pubsub
 
-        check = getattr(redis_layout, "sharded_pubsub", None)
-        return bool(await check(self.redis)) if check is not None else False
+        return await sharded_pubsub(self.redis)
 
     async def _add(self, pubsub: Any, lives: list[str]) -> None:
         if self._sharded:
@@ -475,13 +474,10 @@ class RedisTransport:
         return list(result.ids) or [str(result.last_event_id)]
 
     async def heartbeat(self) -> None:
-        from broker.engine import redis_layout
+        from broker.engine.redis_layout import heartbeat
 
-        beat = getattr(redis_layout, "heartbeat", None)
-        if beat is None:  # a broker without writer leases has nothing to extend
-            return
         try:
-            await beat(self._connection.redis, self._connection.prefix, self._channel_id)
+            await heartbeat(self._connection.redis, self._connection.prefix, self._channel_id)
         except Exception as exc:
             raise await self._map(exc) from exc
 
@@ -491,8 +487,7 @@ class RedisTransport:
     async def _map(self, exc: Exception) -> Exception:
         from broker.engine import base
 
-        cancelled = getattr(base, "ChannelCancelled", None)
-        if cancelled is not None and isinstance(exc, cancelled):
+        if isinstance(exc, base.ChannelCancelled):
             return ChannelCancelled(f"Channel {self._channel_id} was cancelled by the reader.")
         if isinstance(exc, base.ChannelNotFound):
             return ChannelExpiredError(

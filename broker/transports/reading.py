@@ -23,6 +23,7 @@ from broker.errors import ApiError
 from broker.events import Event, id_before, parse_event_id
 from broker.hub import Closed, Socket, Subscriber, as_socket
 from broker.transports.framing import Framer
+from broker.vocabulary import Transport
 
 # Replay reads the backlog in pages bounded by count and by stored bytes, and writes each page
 # in slices that wait for the socket to drain, so a reader costs the broker about one page and
@@ -127,7 +128,7 @@ async def start_reading(
     ctx: BrokerContext,
     channel_id: str,
     after: str | None,
-    transport: str,
+    transport: Transport,
     *,
     terminal_only: bool = False,
 ) -> Reading:
