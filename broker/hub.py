@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Protocol
@@ -23,6 +24,12 @@ log = logging.getLogger("unbroken.hub")
 # One periodic loop, one timer: every tick ends watched channels whose writer lease ran out;
 # every EXISTS_EVERY ticks it also checks that the watched channels still exist.
 TICK = 2.0  # seconds
+# Reader counts shared with other broker processes (channel status is cluster-wide): changes
+# within SHARE_INTERVAL, everything every SHARE_REFRESH, valid SHARE_TTL (a dead broker's share
+# then stops counting).
+SHARE_INTERVAL = 0.25
+SHARE_REFRESH = 10.0
+SHARE_TTL = 30.0
 EXISTS_EVERY = 15  # ticks (30 s)
 
 
@@ -208,6 +215,8 @@ class Hub:
         self._watch_lock = asyncio.Lock()
         self._expiry_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self._share_task: asyncio.Task[None] | None = None
+        self._changed: set[str] = set()  # channels whose reader count changed since shared
         self.beat = 0  # heartbeat ticks so far (one per heartbeat / 2 seconds)
         self.delivered = 0  # events handed to subscribers (for metrics)
         self.slow_consumers = 0
@@ -217,6 +226,7 @@ class Hub:
         await self.engine.start(self.deliver)
         self._expiry_task = asyncio.create_task(self._tick_forever(), name="hub-expiry")
         self._beat_task = asyncio.create_task(self._beat_forever(), name="hub-heartbeat")
+        self._share_task = asyncio.create_task(self._share_forever(), name="hub-share-readers")
 
     def all_subscribers(self) -> list[Subscriber]:
         return [s for group in self._channels.values() for s in group]
@@ -224,11 +234,16 @@ class Hub:
     async def close(self, reason: ReconnectReason = "shutdown") -> None:
         for subscriber in self.all_subscribers():
             subscriber.close(reason)
-        for task in (self._expiry_task, self._beat_task):
+        for task in (self._expiry_task, self._beat_task, self._share_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # This process's readers are gone: say so now rather than when the share expires.
+        gone: dict[str, dict[str, int]] = {c: {} for c in (*self._channels, *self._changed)}
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await self.engine.share_readers(gone, SHARE_TTL)
         await self.engine.close()
 
     def deliver(self, channel_id: str, events: Sequence[Event] | None) -> None:
@@ -300,6 +315,7 @@ class Hub:
                     await self.engine.watch(channel_id)
                     subscribers = self._channels[channel_id] = set()
         subscribers.add(subscriber)
+        self._changed.add(channel_id)
         return subscriber
 
     async def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -308,12 +324,32 @@ class Hub:
         if subscribers is None:
             return
         subscribers.discard(subscriber)
+        self._changed.add(channel_id)
         if subscribers:
             return
         async with self._watch_lock:
             if self._channels.get(channel_id) is subscribers and not subscribers:
                 del self._channels[channel_id]
                 await self.engine.unwatch(channel_id)
+
+    async def _share_forever(self) -> None:
+        """Tell the engine (other broker processes) how many readers each channel has here."""
+        refreshed = time.monotonic()
+        while True:
+            await asyncio.sleep(SHARE_INTERVAL)
+            changed, self._changed = self._changed, set()
+            if time.monotonic() - refreshed >= SHARE_REFRESH:
+                refreshed = time.monotonic()
+                changed.update(self._channels)
+            if not changed:
+                continue
+            try:
+                await self.engine.share_readers(
+                    {channel_id: self.counts(channel_id) for channel_id in changed}, SHARE_TTL
+                )
+            except Exception:  # shared again at the next interval
+                log.warning("could not share reader counts", exc_info=True)
+                self._changed |= changed
 
     def counts(self, channel_id: str | None = None) -> Counter[str]:
         """Subscribers by transport, for one channel or all."""

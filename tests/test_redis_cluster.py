@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,11 +25,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from broker.engine.base import Limits
+from broker.engine.durability import DurabilityTimeout
 from broker.engine.redis import RedisEngine
 from broker.engine.redis_client import ObservedRedis, ObservedRedisCluster, connect
 from broker.engine.redis_layout import channel_keys, index_keys
 from tests.broker_process import BrokerProcess
 from tests.redis_cluster import Cluster, SentinelPair, redis_cluster, redis_sentinel, tools_missing
+from tests.support import read, redis_settings, running_broker
 from worker.channel import Channel
 
 SECRET = "k1:cluster-test-secret"
@@ -174,6 +177,32 @@ async def test_index_trims_dead_entries_on_create(cluster: Cluster) -> None:
         assert await entries() == 60
     finally:
         await engine.close()
+
+
+async def test_subscriber_counts_are_cluster_wide(cluster: Cluster) -> None:
+    settings = redis_settings(cluster.url)
+    async with running_broker(settings) as first, running_broker(settings) as second:
+        opened = await first.open()
+        status_url = f"{second.url}/v1/channels/{opened['id']}"
+        headers = {"Authorization": f"Bearer {opened['read_token']}"}
+
+        async def counted() -> dict[str, int]:
+            async with second.session.get(status_url, headers=headers) as response:
+                assert response.status == 200
+                return dict((await response.json())["subscribers"])
+
+        assert (await counted())["sse"] == 0
+        reading = asyncio.create_task(read(first.session, opened, "sse"))
+        deadline = time.monotonic() + 5
+        while (await counted())["sse"] != 1:  # the reader is on the OTHER broker
+            assert time.monotonic() < deadline, "a reader on another broker is not counted"
+            await asyncio.sleep(0.05)
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        while (await counted())["sse"] != 0:
+            assert time.monotonic() < deadline + 5, "a reader that left is still counted"
+            await asyncio.sleep(0.05)
 
 
 # --- brokers, writers and readers through a failover -----------------------------------------
@@ -350,9 +379,81 @@ async def test_cluster_failover_loses_and_duplicates_nothing(cluster: Cluster) -
     )
 
 
+async def test_durable_writes_wait_for_the_replica(sentinel_pair: SentinelPair) -> None:
+    pair = sentinel_pair
+    pair.wait_in_sync()
+    engine = RedisEngine(
+        Limits(),
+        pair.url,
+        prefix=f"t{uuid.uuid4().hex[:8]}",
+        durable_replicas=1,
+        durable_timeout_ms=300,
+    )
+    await engine.start(Seen())
+    replica = pair.server(
+        next(p for p in (pair.primary.port, pair.replica.port) if pair.role(p) == "slave")
+    )
+    try:
+        assert engine.durability is not None and engine.durability.command[0] == "WAIT"
+        await engine.create("d")
+        first = await engine.append("d", [("message", b"\x01")], writer="w", seq=1)
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(DurabilityTimeout):
+                await engine.append("d", [("message", b"\x02")], writer="w", seq=2)
+            assert time.monotonic() - started < 2.0
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        # Stored, only not known durable: the writer's retry is a duplicate, not a second copy.
+        retry = await engine.append("d", [("message", b"\x02")], writer="w", seq=2)
+        assert retry.duplicate
+        page = await engine.read("d", None, 10)
+        assert [e.payload for e in page.events] == [b"\x01", b"\x02"]
+        assert page.events[0].id == first.ids[0]
+        later = await engine.append("d", [("message", b"\x03")], writer="w", seq=3)
+        assert not later.duplicate
+    finally:
+        await engine.close()
+
+
+async def test_switchover_to_the_replica_keeps_writes_and_feed_working(
+    sentinel_pair: SentinelPair,
+) -> None:
+    """The old primary stays up as a read-only replica: pooled connections to it must be
+    dropped (READONLY), not used until a restart."""
+    pair = sentinel_pair
+    pair.wait_in_sync()
+    seen = Seen()
+    engine = RedisEngine(Limits(), pair.url, prefix=f"t{uuid.uuid4().hex[:8]}")
+    await engine.start(seen)
+    try:
+        await engine.create("s")
+        await engine.watch("s")
+        ids = (await engine.append("s", [("message", b"\x00")])).ids
+        old = pair.current_primary()
+        await asyncio.to_thread(pair.switchover)
+        deadline = time.monotonic() + 20
+        n = 0
+        assert old is not None
+        while pair.current_primary() == old or pair.role(old) != "slave" or n < 20:
+            n += 1
+            ids += (await engine.append("s", [("message", b"\x01")], writer="w", seq=n)).ids
+            assert time.monotonic() < deadline, "the switchover did not happen"
+            await asyncio.sleep(0.05)
+        assert pair.role(old) == "slave"  # alive, demoted
+        ids += (await engine.append("s", [("message", b"\x02")], writer="w", seq=n + 1)).ids
+        await until(lambda: seen.events.get("s") == ids)
+    finally:
+        await engine.close()
+    await asyncio.to_thread(pair.wait_in_sync)
+
+
 async def test_sentinel_failover_loses_and_duplicates_nothing(sentinel_pair: SentinelPair) -> None:
     pair = sentinel_pair
-    old = pair.primary.port
+    pair.wait_in_sync()
+    old = pair.current_primary()
+    victim = pair.server(old)
 
     def promoted() -> None:
         deadline = time.monotonic() + 30
@@ -362,7 +463,7 @@ async def test_sentinel_failover_loses_and_duplicates_nothing(sentinel_pair: Sen
 
     prefix = f"t{uuid.uuid4().hex[:8]}"
     names = [f"sentinel-{n}" for n in range(4)]
-    await run_failover(pair.url, prefix, names, pair.primary.kill, promoted)
+    await run_failover(pair.url, prefix, names, victim.kill, promoted)
 
 
 def test_every_script_publishes_through_the_prelude() -> None:

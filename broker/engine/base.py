@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import functools
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -279,6 +279,16 @@ class Engine(abc.ABC):
     def held_channels(self) -> int | None:
         """How many channels this process holds in its own memory (for --max-channels), or None
         when storage is elsewhere (Redis) and only the open rate is capped."""
+        return None
+
+    async def share_readers(self, counts: Mapping[str, Mapping[str, int]], ttl: float) -> None:
+        """Publish this process's readers per channel (transport -> count; empty: none left) for
+        other broker processes, valid `ttl` seconds. Engines without other processes ignore it."""
+        return None
+
+    async def readers_elsewhere(self, channel_id: str) -> dict[str, int] | None:
+        """Readers of the channel on OTHER broker processes, by transport (None: this engine
+        cannot know; there are none it shares storage with)."""
         return None
 
     @timed

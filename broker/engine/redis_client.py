@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 POOL_TIMEOUT = 10.0  # seconds a command waits for a free pooled connection before failing
 MAX_CONNECTIONS = 64
 SOCKET_TIMEOUT = 5.0  # a frozen server fails a command after this long (it is then retried)
+# A pooled connection idle this long is PINGed before use (and replaced if dead): after a Redis
+# restart every pooled connection is dead, and a command sent on one would fail with its reply
+# lost, which is not safely retried for a write.
+HEALTH_CHECK_INTERVAL = 1.0
 RETRY_DEADLINE = 15.0  # seconds an operation keeps retrying through a failover
 RETRY_MIN = 0.05
 RETRY_MAX = 1.0
@@ -109,6 +113,11 @@ class ObservedRedisCluster(RedisCluster):
 
 AnyRedis = ObservedRedis | ObservedRedisCluster
 
+# redis-py retries no command by itself (retry_on_error empty): failover retries are
+# retrying()'s job, which knows whether a command may run twice. Its Retry still serves the
+# health check: a dead idle connection is reconnected once before the command is sent.
+_NO_COMMAND_RETRY: dict[str, Any] = {"retry": Retry(NoBackoff(), 1), "retry_on_error": []}
+
 
 def _command_name(name: Any) -> str:
     return (name.decode() if isinstance(name, bytes) else str(name)).upper()
@@ -151,6 +160,7 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     opts.setdefault("socket_timeout", SOCKET_TIMEOUT)
     opts.setdefault("socket_connect_timeout", SOCKET_TIMEOUT)
+    opts.setdefault("health_check_interval", HEALTH_CHECK_INTERVAL)
     if query.pop("decode_responses", "").lower() in ("1", "true", "yes", "on") or opts.get(
         "decode_responses"
     ):
@@ -200,7 +210,7 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
             redis_class=ObservedRedis,
             db=db,
             decode_responses=False,
-            retry=Retry(NoBackoff(), 0),
+            **_NO_COMMAND_RETRY,
             **{**options, **opts},
         )
         return cast(ObservedRedis, client)
@@ -210,13 +220,8 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
             "redis+cluster:// or redis+sentinel://"
         )
     plain = parts._replace(query=rest).geturl()
-    # Failover retries are retrying()'s job, which knows whether a command may run twice.
     pool = BlockingConnectionPool.from_url(
-        plain,
-        max_connections=max_connections,
-        timeout=POOL_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-        **opts,
+        plain, max_connections=max_connections, timeout=POOL_TIMEOUT, **_NO_COMMAND_RETRY, **opts
     )
     return cast(ObservedRedis, ObservedRedis.from_pool(pool))
 

@@ -45,7 +45,10 @@ export function httpError(status: number, body: string): UnbrokenError {
   } catch {
     // Not JSON (a proxy's HTML page): keep the generic code.
   }
-  // 5xx, 429 and 408 are worth retrying; a 4xx about tokens or channels never heals by itself.
-  const retryable = status >= 500 || status === 429 || status === 408 || status === 0;
-  return new UnbrokenError(code, message, { status, retryable });
+  return new UnbrokenError(code, message, { status, retryable: retryableStatus(status) });
+}
+
+/** 5xx, 429 and 408 are worth retrying; a 4xx about tokens or channels never heals by itself. */
+export function retryableStatus(status: number): boolean {
+  return status >= 500 || status === 429 || status === 408 || status === 0;
 }

@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { SSEChannel, deserializeChannel } from '../dist/esm/index.js';
-import { startBroker, startProxy, pythonWrite, collect, assertExactlyOnce } from './helpers.mjs';
+import { startBroker, startProxy, pythonWrite, collect, assertExactlyOnce, until } from './helpers.mjs';
 
 let broker;
 let proxy;
@@ -228,5 +228,51 @@ test('open policy "key": the token provider supplies the app key; without it ope
     await assert.rejects(again.open(), (e) => e.code === 'channel_exists' && e.status === 409);
   } finally {
     await keyed.stop();
+  }
+});
+
+test('after a fallback the preferred transport comes back: one socket error does not pin the channel to long-poll', async () => {
+  // A proxy that refuses WebSocket upgrades while `blockWs` is set (a middlebox hiccup), and
+  // counts long-poll requests.
+  const net = await import('node:net');
+  let blockWs = true;
+  let polls = 0;
+  const server = net.createServer((client) => {
+    client.once('data', (first) => {
+      const head = first.toString('latin1');
+      if (/^GET [^ ]*\/poll/.test(head)) polls++;
+      if (blockWs && /upgrade: websocket/i.test(head)) return client.destroy();
+      const upstream = net.connect(broker.port, '127.0.0.1', () => upstream.write(first));
+      client.pipe(upstream).pipe(client);
+      const end = () => (client.destroy(), upstream.destroy());
+      client.on('error', end).on('close', end);
+      upstream.on('error', end).on('close', end);
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const ch = new SSEChannel({
+      broker: `http://127.0.0.1:${server.address().port}`,
+      transport: ['websocket', 'poll'],
+      WebSocket,
+      timeouts: { poll: 2, upgrade: 300 },
+      backoff: { base: 50, max: 500 },
+    });
+    const adapters = [];
+    ch.on('transport', (_wire, adapter) => adapters.push(adapter));
+    await ch.open();
+    const c = collect(ch, { timeout: 60000 });
+    const writing = pythonWrite(ch.toJSON(), 1000, { delay: 0.002 });
+    await until(() => ch.adapter === 'poll', { timeout: 10000, what: 'the fallback to long-poll' });
+    blockWs = false; // the hiccup is over
+    await until(() => ch.adapter === 'websocket', { timeout: 10000, what: 'the way back to WebSocket' });
+    const pollsAtReturn = polls;
+    await writing;
+    await c.done;
+    assertExactlyOnce(assert, c.messages, 1000);
+    assert.deepEqual(adapters.slice(0, 2), ['poll', 'websocket']);
+    assert.equal(polls, pollsAtReturn, 'no long-poll once WebSocket works again');
+  } finally {
+    await new Promise((r) => server.close(r));
   }
 });

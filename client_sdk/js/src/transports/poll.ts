@@ -42,6 +42,12 @@ export const pollTransport: Transport = {
       pending.promise.then(
         (res) => {
           if (closed) return;
+          // 204: the channel ended before our position (tests/conformance/status.json: `ended`).
+          if (res.status === 204) {
+            on.activity();
+            on.event({ type: 'end', data: null });
+            return finish();
+          }
           if (res.status !== 200) return finish(httpError(res.status, res.text));
           let body: PollBody;
           try {
