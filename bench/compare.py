@@ -57,7 +57,9 @@ class Plan:
     ws_readers: int = 5000
     ladder_channels: int = 2000
     ladder_rates: list[int] = field(
-        default_factory=lambda: [2000, 5000, 8000, 10_000, 12_000, 15_000, 20_000, 25_000, 30_000]
+        default_factory=lambda: (
+            [500, 1000, 2000, 3000, 5000, 8000, 10_000, 12_000, 15_000, 20_000, 25_000, 30_000]
+        )
     )
     ladder_step: float = 2.0
     ladder_p99: float = 0.050
