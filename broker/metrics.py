@@ -195,6 +195,12 @@ class _StateCollector(Collector):
                 "Reconnections of the Redis live feed.",
                 value=stats["feed_reconnects"],
             )
+        if "feed_connections" in stats:
+            yield GaugeMetricFamily(
+                "unbroken_redis_feed_connections",
+                "Open live-feed connections to Redis (one per shard with watched channels).",
+                value=stats["feed_connections"],
+            )
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("unbroken_metrics", Metrics)

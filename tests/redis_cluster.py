@@ -19,16 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.redis_server import free_port
+from tests.tools import need_tool
 
 NODE_TIMEOUT_MS = 1000
 
 
 def tools_missing() -> str | None:
     """Why these deployments cannot be had here (None when they can)."""
-    for tool in ("redis-server", "redis-cli"):
+    for tool, package in (("redis-server", "redis-server"), ("redis-cli", "redis-tools")):
         if shutil.which(tool) is None:
-            return f"{tool} is not on PATH (apt-get install redis-server redis-tools)"
+            return f"{tool} is not on PATH (apt-get install {package})"
     return None
+
+
+def need_redis_tools() -> None:
+    """Skip (fail under CI, which installs them) without redis-server and redis-cli. Sentinel
+    runs as `redis-server --sentinel`: no other binary is needed."""
+    need_tool("redis-server")
+    need_tool("redis-cli", "redis-tools")
 
 
 def _send(port: int, *command: str, timeout: float = 1.0) -> bytes:
@@ -365,6 +373,7 @@ __all__ = [
     "Cluster",
     "SentinelPair",
     "Standalone",
+    "need_redis_tools",
     "redis_cluster",
     "redis_sentinel",
     "redis_standalone",

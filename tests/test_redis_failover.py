@@ -14,14 +14,13 @@ import pytest
 from broker.engine.base import Limits
 from broker.engine.redis import RedisEngine
 from broker.events import Event
-from tests.redis_cluster import Standalone, redis_standalone, tools_missing
+from tests.redis_cluster import Standalone, need_redis_tools, redis_standalone
 from tests.support import FaultyProxy, redis_settings, running_broker
-
-pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
 
 
 @pytest.fixture
 def server() -> Iterator[Standalone]:
+    need_redis_tools()
     with redis_standalone() as deployment:
         yield deployment
 

@@ -134,3 +134,31 @@ test('status vectors over real sockets: websocket close codes (/ws)', async () =
     if (v.outcome === 'fail') assert.equal(got.errors[0].status, v.code - 4000);
   }
 });
+
+for (const transport of ['fetch', 'poll']) {
+  test(`Retry-After on a 429 is the least delay before the retry (${transport})`, async () => {
+    const times = [];
+    const server = http.createServer((req, res) => {
+      times.push(Date.now());
+      res.writeHead(429, { 'Content-Type': 'application/json', 'Retry-After': '1' }).end(JSON.stringify({ error: { code: 'rate_limited', message: 'slow down' } }));
+    });
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const ch = SSEChannel.attach({
+      broker: `http://127.0.0.1:${server.address().port}`,
+      channel: 'ch_v',
+      readToken: 'RT',
+      transport,
+      backoff: { base: 5, max: 10 }, // without Retry-After the retry would come after ~5 ms
+    });
+    try {
+      await ch.open();
+      await until(() => times.length >= 2, { timeout: 5000, what: 'the retry' });
+      assert.ok(times[1] - times[0] >= 990, `retried after ${times[1] - times[0]} ms; Retry-After said 1 s`);
+      assert.equal(ch.state, State.Reconnecting);
+    } finally {
+      ch.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+}

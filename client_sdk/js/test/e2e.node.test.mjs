@@ -276,3 +276,55 @@ test('after a fallback the preferred transport comes back: one socket error does
     await new Promise((r) => server.close(r));
   }
 });
+
+/** A ChannelStorage over a Map (what uni.setStorageSync / localStorage give an app). */
+function mapStorage(data = new Map()) {
+  return { data, get: (k) => data.get(k), set: (k, v) => data.set(k, v), remove: (k) => data.delete(k) };
+}
+
+for (const fromStart of [false, true]) {
+  test(`resume after an app restart (persist + restore${fromStart ? ', fromStart' : ''}): the rest of the answer, exactly once`, async () => {
+    const disk = mapStorage();
+    const first = new SSEChannel({ broker: broker.url, transport: 'fetch', persist: 'answer', storage: disk });
+    const before = [];
+    first.on('message', (d) => before.push(d));
+    await first.open();
+    const w = deserializeChannel(first);
+    for (let i = 0; i < 5; i++) await w.write(i);
+    await until(() => before.length === 5, { what: 'the first 5 messages' });
+    // The app is killed here: only what was on disk survives (close() would forget the record).
+    const survived = mapStorage(new Map(disk.data));
+    first.close();
+    for (let i = 5; i < 10; i++) await w.write(i); // the backend keeps writing meanwhile
+    await w.end('done');
+    const again = SSEChannel.restore({ broker: broker.url, transport: 'websocket', WebSocket, persist: 'answer', storage: survived, fromStart });
+    assert.ok(again, 'the saved channel was found');
+    const c = collect(again);
+    await again.open();
+    assert.equal(await c.done, 'done');
+    assert.deepEqual(c.messages, fromStart ? [...before, 5, 6, 7, 8, 9] : [5, 6, 7, 8, 9]);
+    assert.equal(survived.data.size, 0, 'forgotten once the answer ended');
+  });
+}
+
+test('reconnect() resumes a frozen line at once (App.vue onShow), long before the watchdog', async () => {
+  // Opened directly, read through the proxy: the stream is the only proxied connection (a frozen
+  // idle keep-alive connection in fetch's pool would stall the next request, a different fault).
+  const opener = new SSEChannel({ broker: broker.url, transport: 'fetch' });
+  await opener.open();
+  opener.close();
+  const ch = SSEChannel.attach({ broker: proxy.url, channel: opener.id, readToken: opener.readToken, transport: 'fetch', timeouts: { idle: 60000 } });
+  const c = collect(ch);
+  await ch.open();
+  const w = deserializeChannel(opener);
+  await w.write(0);
+  await until(() => c.messages.length === 1);
+  proxy.hangCurrent(); // frozen: only reconnect() (or a 60 s watchdog) can bring it back
+  await w.write(1);
+  await w.end(null);
+  const t0 = Date.now();
+  ch.reconnect();
+  await c.done;
+  assert.deepEqual(c.messages, [0, 1]);
+  assert.ok(Date.now() - t0 < 5000, `resumed ${Date.now() - t0} ms after reconnect()`);
+});

@@ -48,7 +48,7 @@ export const pollTransport: Transport = {
             on.event({ type: 'end', data: null });
             return finish();
           }
-          if (res.status !== 200) return finish(httpError(res.status, res.text));
+          if (res.status !== 200) return finish(httpError(res.status, res.text, res.header('retry-after')));
           let body: PollBody;
           try {
             body = JSON.parse(res.text) as PollBody;
