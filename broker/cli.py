@@ -170,8 +170,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument(
         "--stall-timeout",
         type=float,
-        help="seconds a replaying reader's socket may take nothing before it is disconnected "
-        "(slow_consumer)",
+        help="seconds a reader's socket may take nothing (live or mid-replay) before it is "
+        "disconnected (slow_consumer)",
     )
     serve.add_argument(
         "--writer-timeout",

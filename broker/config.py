@@ -58,8 +58,8 @@ class Settings:
     max_message_bytes: int = 256 * 1024
     max_body_bytes: int = 1024 * 1024
     max_pending_bytes: int = 1024 * 1024  # per subscriber, beyond that it is disconnected
-    # A reader whose socket takes nothing for this long while the broker replays history to it
-    # is disconnected (slow_consumer); it resumes from its last id.
+    # A reader whose socket takes nothing for this long (live or while the broker replays
+    # history to it) is disconnected (slow_consumer); it resumes from its last id.
     stall_timeout: float = 30.0
     workers: int = 1
     log_json: bool = False

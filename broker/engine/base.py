@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from broker.events import TERMINAL_TYPES, Event, EventType, pack
+from broker.vocabulary import ChannelState
 
 # Events per append: one append is one Lua call (or one loop on the event loop), which blocks every
 # other client of that Redis (or this broker) while it runs.
@@ -126,7 +127,7 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
     id: str
-    state: str  # "open" | "ended" | "cancelled" (broker.vocabulary.ChannelState)
+    state: ChannelState
     created_at: int  # ms since the epoch
     updated_at: int
     messages: int  # events ever appended (including a terminal one)

@@ -53,7 +53,7 @@ from broker.engine.redis_layout import (
     heartbeat as heartbeat_channel,
 )
 from broker.events import EventType, parse_event_id
-from broker.vocabulary import TRANSPORTS
+from broker.vocabulary import TRANSPORTS, channel_state
 
 _T = TypeVar("_T")
 
@@ -391,7 +391,7 @@ def _info(channel_id: str, raw_meta: dict[Any, Any], pttl: int) -> ChannelInfo |
     meta = _meta_dict(raw_meta)
     return ChannelInfo(
         id=channel_id,
-        state=meta.get("state", "open"),
+        state=channel_state(meta.get("state", "open")),
         created_at=int(meta.get("created_at", 0)),
         updated_at=int(meta.get("updated_at", 0)),
         messages=int(meta.get("count", 0)),
