@@ -4,6 +4,7 @@ reader's cancel, over HTTP and straight on Redis, and learns of it live while si
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from typing import Any
@@ -180,3 +181,35 @@ async def test_the_block_keeps_the_writer_lease(path: tuple[Broker, dict[str, An
     assert received.messages == ["before the tool call"]
     assert received.terminal is not None and received.terminal[0] == "error"
     assert received.terminal[1]["code"] == "writer_timeout"
+
+
+async def test_many_watched_channels_do_not_starve_writes() -> None:
+    """110 writers sharing one Pool over HTTP each hold a cancel watch (a long-lived SSE
+    request); their writes still go out at once."""
+    from worker import Pool
+
+    async with running_broker(open_burst=200, admin_token="admin-for-worker-tests") as broker:
+        opened = [await broker.open() for _ in range(110)]
+        pool = Pool()
+        writers = [
+            Channel.from_token(o["channel_token"], broker_url=broker.url, pool=pool) for o in opened
+        ]
+        watches = [asyncio.create_task(w.wait_cancelled()) for w in writers]
+        for _ in range(250):  # until the broker has accepted every watch
+            async with broker.session.get(
+                broker.url + "/metrics",
+                headers={"Authorization": "Bearer admin-for-worker-tests"},
+            ) as response:
+                metrics = await response.text()
+            found = re.search(r'unbroken_reader_requests_total\{transport="sse"\} (\S+)', metrics)
+            if found and float(found.group(1)) >= 110:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the watches did not connect")
+        await asyncio.wait_for(asyncio.gather(*(w.write("hi") for w in writers)), 3)
+        await asyncio.wait_for(asyncio.gather(*(w.end() for w in writers)), 3)
+        assert await asyncio.wait_for(asyncio.gather(*watches), 5) == [False] * 110
+        for writer in writers:
+            await writer.close()
+        await pool.close()

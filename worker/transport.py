@@ -89,11 +89,14 @@ _HTTP_ERRORS: dict[int, type[WorkerError]] = {
 
 
 class HttpConnection:
-    """One aiohttp session (its connection pool) for every channel written over HTTP."""
+    """The aiohttp sessions every channel written over HTTP shares: one for requests, and one
+    without a connection limit for the long-lived cancel watches, so that watching many
+    channels never makes a write wait for a free connection."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -101,10 +104,19 @@ class HttpConnection:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         return self._session
 
+    @property
+    def watch_session(self) -> aiohttp.ClientSession:
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=self.timeout
+            )
+        return self._watch_session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
 
 def _http_error(status: int, payload: Any) -> Exception:
@@ -175,7 +187,7 @@ class HttpTransport:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         while True:
             try:
-                async with self._connection.session.get(
+                async with self._connection.watch_session.get(
                     self._root + "/events",
                     params={"only": "terminal"},
                     headers={"Authorization": self._headers["Authorization"]},
@@ -444,10 +456,12 @@ class RedisConnection:
         listener, self._listener = self._listener, None
         # redis-py may swallow a cancellation that lands inside get_message(), so the flag
         # ends the loop too; cancelling again covers a listener parked elsewhere.
-        while listener is not None and not listener.done():
+        for _ in range(20):  # bounded: closing must not hang on a stuck socket
+            if listener is None or listener.done():
+                break
             listener.cancel()
             await asyncio.wait([listener], timeout=0.1)
-        if listener is not None and not listener.cancelled():
+        if listener is not None and listener.done() and not listener.cancelled():
             listener.exception()  # retrieved: it was logged where it happened
         await self.redis.aclose()
 

@@ -18,6 +18,7 @@ how long, and when pooled connections must be dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -253,7 +254,7 @@ async def drop_stale_connections(client: Any, exc: BaseException) -> None:
     of a managed endpoint is resolved again). The cluster client re-reads the slot map itself."""
     if is_cluster(client):
         if isinstance(exc, ReadOnlyError) or "READONLY" in str(exc):
-            with _suppress():
+            with contextlib.suppress(RedisError, OSError):
                 await client.nodes_manager.initialize()
         return
     pool = getattr(client, "connection_pool", None)
@@ -261,19 +262,8 @@ async def drop_stale_connections(client: Any, exc: BaseException) -> None:
         # All of them after READONLY (every one points at the demoted node); else the idle ones
         # (a restart left them all dead, and the broken one is gone already).
         readonly = isinstance(exc, ReadOnlyError) or "READONLY" in str(exc)
-        with _suppress():
+        with contextlib.suppress(RedisError, OSError):
             await pool.disconnect(inuse_connections=readonly)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
-        if isinstance(exc, RedisError | OSError):
-            log.debug("ignored while dropping connections: %s", exc)
-            return True
-        return False
 
 
 _T = TypeVar("_T")
@@ -304,7 +294,8 @@ async def retrying(
             retry = not durable_timeout and (not_run(exc) or (idempotent and transient(exc)))
             if not retry or time.monotonic() + delay > give_up:
                 raise
-            log.info("redis: %s; retrying in %.2fs", exc.__class__.__name__, delay)
+            # Debug: an outage's one WARNING per interval is broker/errors.py's job.
+            log.debug("redis: %s; retrying in %.2fs", exc.__class__.__name__, delay)
             await drop_stale_connections(client, exc)
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX)

@@ -152,6 +152,9 @@ class WSFramer(Framer):
         if gap is not None:
             await self.ws.send_str(dumps({"type": "gap", "first_id": gap}))
 
+    def started(self) -> None:
+        self.ws.headers.clear()  # sent with the 101; nothing reads them again
+
     async def events(self, events: Sequence[Event]) -> None:
         for event in events:
             await self.ws.send_str(event.ws)
