@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.redis_server import free_port
+from tests.redis_server import free_port, start_redis
 from tests.tools import need_tool
 
 NODE_TIMEOUT_MS = 1000
@@ -108,36 +108,7 @@ class _Server:
 def _start(workdir: Path, port: int, *args: str) -> _Server:
     folder = workdir / str(port)
     folder.mkdir(exist_ok=True)
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = _Server(port, process)
-
-    def answers() -> bool:
-        if not server.alive:
-            raise RuntimeError(f"redis-server on port {port} exited at start")
-        try:
-            return _send(port, "PING").startswith(b"+PONG")
-        except OSError:
-            return False
-
-    _wait(answers, f"redis-server on port {port}")
-    return server
+    return _Server(port, start_redis(port, str(folder), "--appendonly", "no", *args))
 
 
 @dataclass

@@ -229,3 +229,21 @@ async def test_secret_and_admin_token_from_files(
     with pytest.raises(RuntimeError, match="cannot read the --secret-file"):
         await missing.start()
     await missing.__aexit__(None, None, None)
+
+
+async def test_tokens_with_non_ascii_characters_are_refused_not_a_500(
+    session: aiohttp.ClientSession,
+) -> None:
+    args = ("--secret", SECRET, "--admin-token", ADMIN, "--open-policy", "key", "--app-key", "k")
+    async with BrokerProcess(*args) as broker:
+        weird = "é-☃-ключ"
+        async with session.post(broker.url + "/v1/channels", params={"token": weird}) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (403, "app_key_invalid")
+        async with session.post(broker.url + "/v1/channels", headers=bearer("k")) as r:
+            assert r.status == 201
+            opened = await r.json()
+        url = f"{broker.url}/v1/channels/{opened['id']}"
+        async with session.get(url, params={"token": weird}) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (401, "token_invalid")
+        async with session.get(broker.url + "/v1/admin/stats", params={"token": weird}) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (403, "admin_token_invalid")

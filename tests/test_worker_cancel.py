@@ -7,40 +7,14 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.support import Broker, read, redis_settings, running_broker
+from tests.support import Broker, read, running_broker
 from worker import Channel, ChannelCancelled, ChannelEndedError, SyncChannel
 
-SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
-
-
-@pytest.fixture(autouse=True)
-def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UNBROKEN_SECRET", "UNBROKEN_BROKER_URL", "UNBROKEN_REDIS_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(params=["http", "redis"])
-async def path(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, dict[str, Any]]]:
-    if request.param == "http":
-        async with running_broker() as broker:
-            yield broker, {"broker_url": broker.url}
-    else:
-        redis_url = request.getfixturevalue("redis_url")
-        settings = redis_settings(redis_url)
-        async with running_broker(settings) as broker:
-            yield (
-                broker,
-                {
-                    "redis_url": redis_url,
-                    "redis_prefix": settings.redis_prefix,
-                    "secret": SECRET,
-                },
-            )
+pytestmark = pytest.mark.usefixtures("no_worker_env")
 
 
 async def cancel(broker: Broker, opened: dict[str, Any], reason: str | None = "stop") -> float:

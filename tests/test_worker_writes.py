@@ -8,7 +8,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +16,14 @@ import pytest
 from redis.asyncio import Redis
 
 import worker.channel
-from tests.support import Broker, read, redis_settings, running_broker
+from tests.support import TEST_ADMIN, TEST_SECRET, Broker, read, redis_settings, running_broker
 from worker import Channel, InvalidMessageError, SyncChannel, WriteFailedError
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
-ADMIN = "admin-token-for-worker-tests"
+SECRET = TEST_SECRET  # running_broker's key ring
 
 
-@pytest.fixture(autouse=True)
-def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UNBROKEN_SECRET", "UNBROKEN_BROKER_URL", "UNBROKEN_REDIS_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(params=["http", "redis"])
-async def path(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, dict[str, Any]]]:
-    """A broker and the worker options that write to it over HTTP, or straight to its Redis."""
-    if request.param == "http":
-        async with running_broker(admin_token=ADMIN) as broker:
-            yield broker, {"broker_url": broker.url}
-    else:
-        redis_url = request.getfixturevalue("redis_url")
-        settings = redis_settings(redis_url).with_overrides(admin_token=ADMIN)
-        async with running_broker(settings) as broker:
-            yield (
-                broker,
-                {
-                    "redis_url": redis_url,
-                    "redis_prefix": settings.redis_prefix,
-                    "secret": SECRET,
-                },
-            )
+pytestmark = pytest.mark.usefixtures("no_worker_env")
 
 
 async def test_non_finite_numbers_are_refused(path: tuple[Broker, dict[str, Any]]) -> None:
@@ -84,7 +59,7 @@ async def appends_seen(broker: Broker, options: dict[str, Any]) -> int:
             int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
         )
     async with broker.session.get(
-        broker.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}
+        broker.url + "/metrics", headers={"Authorization": f"Bearer {TEST_ADMIN}"}
     ) as response:
         text = await response.text()
     pattern = r'unbroken_engine_operation_seconds_count\{[^}]*operation="append"[^}]*\} (\S+)'
