@@ -57,11 +57,17 @@ class Plan:
     ws_readers: int = 5000
     ladder_channels: int = 2000
     ladder_rates: list[int] = field(
-        default_factory=lambda: [2000, 5000, 8000, 10_000, 12_000, 15_000, 20_000, 25_000, 30_000]
+        default_factory=lambda: (
+            [500, 1000, 2000, 3000, 5000, 8000, 10_000, 12_000, 15_000, 20_000, 25_000, 30_000]
+        )
     )
     ladder_step: float = 2.0
     ladder_p99: float = 0.050
     replay: int = 10_000
+    stream_counts: list[int] = field(
+        default_factory=lambda: [20, 50, 100, 200, 300, 500, 800, 1200, 2000]
+    )
+    tokens_per_stream: int = 30  # an LLM streaming 30 tokens/s
     cap: float = 240.0  # seconds per scenario and server
 
 
@@ -78,6 +84,8 @@ QUICK = Plan(
     ladder_rates=[200, 500],
     ladder_step=0.3,
     replay=300,
+    stream_counts=[5, 10],
+    tokens_per_stream=20,
     cap=30.0,
 )
 
@@ -89,6 +97,7 @@ class Row:
     unit: str
     higher_is_better: bool
     target: str = ""
+    redis_only: bool = False  # measured on the Redis engine only (the worker's Redis path)
 
 
 def rows(plan: Plan) -> list[Row]:
@@ -131,6 +140,22 @@ def rows(plan: Plan) -> list[Row]:
             "≥ 1.0",
         ),
         Row("open", f"open {plan.idle_readers:,} SSE connections", "s", False, "≤ 3 s"),
+        Row(
+            "streams_plain",
+            f"streams x {plan.tokens_per_stream} tokens/s, p99 < {plan.ladder_p99 * 1000:g} ms, "
+            "worker -> Redis, no coalescing (tokens/s)",
+            "/s",
+            True,
+            redis_only=True,
+        ),
+        Row(
+            "streams_coalesced",
+            f"streams x {plan.tokens_per_stream} tokens/s, p99 < {plan.ladder_p99 * 1000:g} ms, "
+            "worker -> Redis, coalescing 20 ms (tokens/s)",
+            "/s",
+            True,
+            redis_only=True,
+        ),
         Row(
             "replay",
             f"replay {plan.replay:,} stored msgs over SSE",
@@ -234,10 +259,15 @@ async def idle_sse(server: Server, plan: Plan) -> dict[str, float]:
     requests = [server.sse(channels[n % len(channels)]) for n in range(plan.idle_readers)]
     await asyncio.sleep(0.5)
     rss = rss_bytes(server.memory_pids)
+    cpu = cpu_seconds(server.pids)
     started = time.perf_counter()
     readers = await open_readers(server.port, requests, timeout=plan.cap)
     opened = time.perf_counter() - started
-    say(f"  {server.name}: {len(readers):,} SSE readers connected in {opened:.2f} s")
+    cpu = cpu_seconds(server.pids) - cpu
+    say(
+        f"  {server.name}: {len(readers):,} SSE readers connected in {opened:.2f} s, "
+        f"{cpu / len(readers) * 1e6:.0f} µs server CPU each"
+    )
     try:
         await asyncio.sleep(1.0)
         rss = rss_bytes(server.memory_pids) - rss
@@ -295,14 +325,25 @@ async def http_writers(server: Server, channels: list[Channel], pool: int) -> tu
     return write, close
 
 
-async def worker_writers(server: Unbroken, channels: list[Channel]) -> tuple[Writer, Any]:
+async def worker_writers(
+    server: Unbroken, channels: list[Channel], coalesce: float = 0.0
+) -> tuple[Writer, Any]:
+    """Writers through worker.channel straight to Redis, sharing one connection pool as the
+    streams of one backend process do. `coalesce` is the worker's window (0 = off)."""
     from worker.channel import Channel as WorkerChannel
+    from worker.pool import Pool
 
     assert server.redis is not None
-    os.environ.setdefault("UNBROKEN_SECRET", SECRET)
-    os.environ["UNBROKEN_BROKER_URL"] = f"http://127.0.0.1:{server.port}"
+    pool = Pool()
     writers = [
-        WorkerChannel.from_token(c.token, redis_url=server.redis.url, redis_prefix=server.prefix)
+        WorkerChannel.from_token(
+            c.token,
+            redis_url=server.redis.url,
+            redis_prefix=server.prefix,
+            secret=SECRET,
+            coalesce=coalesce,
+            pool=pool,
+        )
         for c in channels
     ]
 
@@ -310,52 +351,94 @@ async def worker_writers(server: Unbroken, channels: list[Channel]) -> tuple[Wri
         await writers[index].write({"t": sent})
 
     async def close() -> None:
-        await asyncio.gather(*(w.close() for w in writers))
+        await pool.close()
 
     return write, close
+
+
+async def climb(
+    samples: list[float],
+    write: Writer,
+    steps: list[tuple[int, int]],
+    plan: Plan,
+    who: str,
+) -> float:
+    """Offer each (rate, channels) step in turn; the highest rate whose writes all arrived with
+    p99 under plan.ladder_p99 (and were sent at 90% of the rate or more)."""
+    best = 0.0
+    for rate, channels in steps:
+        samples.clear()
+        sent, elapsed = await drive(write, rate, plan.ladder_step, channels)
+        with_all = True
+        try:
+            await wait_until(lambda s=sent: len(samples) >= s, 2.0, "ladder deliveries")
+        except TimeoutError:
+            with_all = False
+        ordered = sorted(samples)
+        p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)] if ordered else float("inf")
+        achieved = sent / elapsed
+        ok = with_all and p99 < plan.ladder_p99 and achieved >= 0.9 * rate
+        say(
+            f"  {who}: {rate:,}/s offered over {channels} channels, {achieved:,.0f}/s sent, "
+            f"{len(samples)}/{sent} received, p99 {p99 * 1000:.1f} ms"
+            + ("" if ok else "  <- limit")
+        )
+        if not ok:
+            break
+        best = float(rate)
+    return best
 
 
 async def ladder(server: Server, plan: Plan) -> dict[str, float]:
     channels = await open_channels(server, plan.ladder_channels)
     samples: list[float] = []
     readers = await open_readers(
-        server.port, [server.sse(c) for c in channels], on_latency=lambda s: samples.append(s)
+        server.port, [server.sse(c) for c in channels], on_latency=samples.append
     )
     if isinstance(server, Unbroken) and server.redis is not None:
         write, close = await worker_writers(server, channels)
     else:
         write, close = await http_writers(server, channels, 64)
-    best = 0.0
     try:
         # Warm up: every writer's connection (and script cache) exists before the clock runs.
         await drive(write, 4 * len(channels), 0.25, len(channels))
         await asyncio.sleep(0.5)
-        for rate in plan.ladder_rates:
-            samples.clear()
-            sent, elapsed = await drive(write, rate, plan.ladder_step, len(channels))
-            with_all = True
-            try:
-                await wait_until(lambda s=sent: len(samples) >= s, 2.0, "ladder deliveries")
-            except TimeoutError:
-                with_all = False
-            ordered = sorted(samples)
-            p99 = ordered[max(0, int(len(ordered) * 0.99) - 1)] if ordered else float("inf")
-            achieved = sent / elapsed
-            ok = with_all and p99 < plan.ladder_p99 and achieved >= 0.9 * rate
-            say(
-                f"  {server.name}: {rate:,}/s offered, {achieved:,.0f}/s sent, "
-                f"{len(samples)}/{sent} received, p99 {p99 * 1000:.1f} ms"
-                + ("" if ok else "  ← limit")
-            )
-            if not ok:
-                break
-            best = float(rate)
+        steps = [(rate, len(channels)) for rate in plan.ladder_rates]
+        best = await climb(samples, write, steps, plan, server.name)
     finally:
         result = close()
         if asyncio.iscoroutine(result):
             await result
         close_all(readers)
     return {"ladder": best}
+
+
+async def coalescing(server: Server, plan: Plan) -> dict[str, float]:
+    """LLM-like streams (each `tokens_per_stream` writes/s, one reader each) written by the
+    worker straight to Redis, without and with its write coalescing: the most tokens/s
+    (streams x tokens/s) with p99 under plan.ladder_p99."""
+    if not (isinstance(server, Unbroken) and server.redis is not None):
+        return {}  # the worker's Redis path: the Redis engine only
+    channels = await open_channels(server, max(plan.stream_counts))
+    samples: list[float] = []
+    readers = await open_readers(
+        server.port, [server.sse(c) for c in channels], on_latency=samples.append
+    )
+    found: dict[str, float] = {}
+    try:
+        for key, window in (("streams_plain", 0.0), ("streams_coalesced", 0.02)):
+            write, close = await worker_writers(server, channels, window)
+            try:
+                await drive(write, 4 * len(channels), 0.25, len(channels))
+                await asyncio.sleep(0.5)
+                steps = [(n * plan.tokens_per_stream, n) for n in plan.stream_counts]
+                label = f"{server.name} coalesce {window * 1000:g} ms"
+                found[key] = await climb(samples, write, steps, plan, label)
+            finally:
+                await close()
+    finally:
+        close_all(readers)
+    return found
 
 
 async def drive(write: Writer, rate: int, seconds: float, channels: int) -> tuple[int, float]:
@@ -437,8 +520,13 @@ def scenarios(plan: Plan) -> list[tuple[str, str, Scenario]]:
         ("ws", f"{plan.ws_readers} idle WS readers", idle_ws),
         ("ladder", f"{plan.ladder_channels} channels latency ladder", ladder),
         ("replay", f"replay {plan.replay}", replay),
+        ("coalesce", "LLM streams, worker coalescing off and on", coalescing),
     ]
     return found
+
+
+def slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in title).strip("-")
 
 
 def start_py_spy(folder: str, name: str, server: Unbroken) -> subprocess.Popen[bytes]:
@@ -446,7 +534,9 @@ def start_py_spy(folder: str, name: str, server: Unbroken) -> subprocess.Popen[b
     Path(folder).mkdir(parents=True, exist_ok=True)
     assert server.process is not None
     command = ["py-spy", "record", "--pid", str(server.process.pid), "--rate", "200"]
-    command += ["--format", "raw", "--nonblocking", "-o", f"{folder}/{name}.txt"]
+    command += ["--format", "raw", "-o", f"{folder}/{name}.txt"]
+    # PY_SPY_NATIVE=1: C frames too (uvloop, the kernel calls); py-spy then pauses the process.
+    command.append("--native" if os.environ.get("PY_SPY_NATIVE") else "--nonblocking")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -465,7 +555,8 @@ async def run_all(
                 try:
                     server.start(plan.heartbeat)
                     if profile and isinstance(server, Unbroken):
-                        spy = start_py_spy(profile, f"{key}-{server.name}-{number + 1}", server)
+                        name = f"{slug(title)}-{server.name}-{number + 1}"
+                        spy = start_py_spy(profile, name, server)
                     async with asyncio.timeout(plan.cap):
                         found = await scenario(server, plan)
                 except Exception as exc:  # one failure must not end the run
@@ -526,7 +617,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--targets", default="memory,redis,nchan", help="comma-separated")
-    parser.add_argument("--only", help="scenarios: fanout,publish,idle,ws,ladder,replay")
+    parser.add_argument("--only", help="scenarios: fanout,publish,idle,ws,ladder,replay,coalesce")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (2; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--py-spy", metavar="DIR", help="profile Unbroken per scenario into DIR")

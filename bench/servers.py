@@ -187,6 +187,7 @@ class Unbroken(Server):
             os.environ,
             UNBROKEN_OPEN_RATE="1000000",
             UNBROKEN_OPEN_BURST="1000000",
+            UNBROKEN_MAX_OPEN_RATE="1000000",
             UNBROKEN_MAX_PENDING_BYTES=str(64 * 1024 * 1024),
             UNBROKEN_WRITER_TIMEOUT="0",  # channels left idle on purpose must not time out
             PYTHONPATH=str(ROOT),

@@ -121,8 +121,13 @@ async def body_size(request: web.Request) -> int:
     return len(await request.read())  # cached by aiohttp after the first read
 
 
-def info_json(ctx: BrokerContext, info: ChannelInfo) -> dict[str, Any]:
+def info_json(
+    ctx: BrokerContext, info: ChannelInfo, elsewhere: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """The channel's status; readers of this process, plus `elsewhere` (other processes')."""
     counts = ctx.hub.counts(info.id)
+    if elsewhere:
+        counts.update(elsewhere)
     return {
         "id": info.id,
         "state": info.state,
@@ -192,7 +197,8 @@ async def channel_status(request: web.Request) -> web.Response:
     info = await ctx.engine.info(channel_id)
     if info is None:
         raise gone_or_missing(request, channel_id)
-    return web.json_response(info_json(ctx, info))
+    elsewhere = await ctx.engine.readers_elsewhere(channel_id)
+    return web.json_response(info_json(ctx, info, elsewhere))
 
 
 async def writer_heartbeat(request: web.Request) -> web.Response:
@@ -381,4 +387,5 @@ async def inspect_channel(request: web.Request) -> web.Response:
         if not page.more or not page.events:
             break
         after = page.events[-1].id
-    return web.json_response({**info_json(ctx, info), "events": events})
+    elsewhere = await ctx.engine.readers_elsewhere(channel_id)
+    return web.json_response({**info_json(ctx, info, elsewhere), "events": events})

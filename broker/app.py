@@ -105,7 +105,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> web.Applicat
         middlewares=[_preflight, error_middleware], client_max_size=settings.max_body_bytes
     )
     engine = engine or create_engine(settings)
-    hub = Hub(engine, settings.max_pending_bytes, settings.heartbeat)
+    hub = Hub(engine, settings.max_pending_bytes, settings.heartbeat, settings.stall_timeout)
     app[CONTEXT] = BrokerContext(
         settings=settings,
         engine=engine,

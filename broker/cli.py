@@ -100,7 +100,9 @@ class _SettingsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} ({'; '.join(extra)})" if extra else text
 
 
-_ENV_NAMES = {f"UNBROKEN_{name.upper()}" for name in (*ENV_SETTINGS, "app_keys", "log_json")}
+_ENV_NAMES = {
+    f"UNBROKEN_{name.upper()}" for name in (*ENV_SETTINGS, "app_keys", "log_json", "durable_writes")
+}
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,18 +122,18 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--durable-writes",
         action="store_true",
         default=None,
-        help="answer an append only once Redis made it durable: WAITAOF (Redis >= 7.2, AOF on) "
-        "or WAIT for --durable-replicas (UNBROKEN_DURABLE_WRITES=1)",
+        help="answer an append only once Redis made it durable: WAITAOF on Redis >= 7.2 with "
+        "AOF, else WAIT for replicas",
     )
     serve.add_argument(
         "--durable-replicas",
         type=int,
-        help="replicas that must acknowledge each append (UNBROKEN_DURABLE_REPLICAS, default 0)",
+        help="replicas that must acknowledge each durable append",
     )
     serve.add_argument(
         "--durable-timeout",
         type=int,
-        help="ms an append waits for those acknowledgements (UNBROKEN_DURABLE_TIMEOUT, 1000)",
+        help="ms a durable append waits for its acknowledgements, then answers 503",
     )
     serve.add_argument(
         "--secret",
@@ -168,8 +170,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument(
         "--stall-timeout",
         type=float,
-        help="seconds a replaying reader's socket may take nothing before it is disconnected "
-        "(slow_consumer)",
+        help="seconds a reader's socket may take nothing (live or mid-replay) before it is "
+        "disconnected (slow_consumer)",
     )
     serve.add_argument(
         "--writer-timeout",

@@ -58,8 +58,8 @@ class Settings:
     max_message_bytes: int = 256 * 1024
     max_body_bytes: int = 1024 * 1024
     max_pending_bytes: int = 1024 * 1024  # per subscriber, beyond that it is disconnected
-    # A reader whose socket takes nothing for this long while the broker replays history to it
-    # is disconnected (slow_consumer); it resumes from its last id.
+    # A reader whose socket takes nothing for this long (live or while the broker replays
+    # history to it) is disconnected (slow_consumer); it resumes from its last id.
     stall_timeout: float = 30.0
     workers: int = 1
     log_json: bool = False
@@ -100,6 +100,8 @@ class Settings:
             raise ValueError("durable replicas must be >= 0 and the timeout 1..60000 ms")
         if self.workers > 1 and not self.secret:
             raise ValueError("several workers need a shared secret (UNBROKEN_SECRET)")
+        if not (self.max_open_rate >= 0 and self.max_channels >= 0):  # `not >=` also catches NaN
+            raise ValueError("--max-open-rate and --max-channels must be >= 0 (0: no cap)")
 
 
 _ENV_CASTS: dict[str, Any] = {

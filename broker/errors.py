@@ -85,6 +85,18 @@ class _OutageLog:
 _outage_log = _OutageLog()
 
 
+def unavailable(exc: BaseException) -> ApiError:
+    """The 503 for an engine that cannot answer now (and a WARNING line, at most one per
+    OUTAGE_LOG_INTERVAL)."""
+    _outage_log.note(exc)
+    return ApiError(
+        503,
+        "engine_unavailable",
+        "The broker's storage (Redis) is unreachable; retry shortly.",
+        headers={"Retry-After": str(ENGINE_RETRY_AFTER)},
+    )
+
+
 def as_api_error(exc: BaseException, channel_id: str | None = None) -> ApiError | None:
     """The ApiError a domain exception stands for, or None for unexpected exceptions."""
     if isinstance(exc, ApiError):
@@ -92,13 +104,7 @@ def as_api_error(exc: BaseException, channel_id: str | None = None) -> ApiError 
     if isinstance(exc, HttpProcessingError):  # a body the HTTP parser refused mid-way
         return ApiError(400, "bad_request", "The request body is not valid HTTP/1.1.")
     if engine_unavailable(exc):
-        _outage_log.note(exc)
-        return ApiError(
-            503,
-            "engine_unavailable",
-            "The broker's storage (Redis) is unreachable; retry shortly.",
-            headers={"Retry-After": str(ENGINE_RETRY_AFTER)},
-        )
+        return unavailable(exc)
     if isinstance(exc, TokenError):
         return ApiError(exc.status, exc.code, exc.message)
     if isinstance(exc, ChannelNotFound):

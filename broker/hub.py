@@ -3,6 +3,8 @@ object (with its cached encodings) for every local subscriber of the channel.
 
 A subscriber is one connected reader. Its queue is bounded by bytes: a reader whose socket does
 not drain is disconnected (it resumes from its last id) instead of growing the broker's memory.
+A reader whose socket takes nothing for `stall_timeout` (live or mid-replay) is disconnected too,
+by aborting its connection: its handler may be parked on a write that would wait forever.
 """
 
 from __future__ import annotations
@@ -10,19 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import socket as sockets
+import struct
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from broker.engine.base import Engine
 from broker.events import Event
-from broker.vocabulary import ReconnectReason
+from broker.vocabulary import ReconnectReason, Transport
 
 log = logging.getLogger("unbroken.hub")
 
 # One periodic loop, one timer: every tick ends watched channels whose writer lease ran out;
 # every EXISTS_EVERY ticks it also checks that the watched channels still exist.
 TICK = 2.0  # seconds
+# Reader counts shared with other broker processes (channel status is cluster-wide): changes
+# within SHARE_INTERVAL, everything every SHARE_REFRESH, valid SHARE_TTL (a dead broker's share
+# then stops counting).
+SHARE_INTERVAL = 0.25
+SHARE_REFRESH = 10.0
+SHARE_TTL = 30.0
 EXISTS_EVERY = 15  # ticks (30 s)
 
 
@@ -46,14 +58,31 @@ class Socket(Protocol):
 
     def abort(self) -> None: ...
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
 
 def as_socket(transport: object) -> Socket | None:
     if all(
         hasattr(transport, name)
-        for name in ("write", "is_closing", "get_write_buffer_size", "abort")
+        for name in ("write", "is_closing", "get_write_buffer_size", "abort", "get_extra_info")
     ):
         return transport  # type: ignore[return-value]
     return None
+
+
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops unsent bytes
+
+
+def reset(socket: Socket) -> None:
+    """Drop a connection at once, with what it buffered. The handler's pending write raises
+    (ConnectionError) so its cleanup runs. Linger 0 makes the kernel send RST and free the
+    socket's send buffer too; a plain close would keep trying to deliver it to a peer that
+    reads nothing (as an orphan, for minutes)."""
+    raw = socket.get_extra_info("socket")
+    if raw is not None:
+        with contextlib.suppress(OSError):
+            raw.setsockopt(sockets.SOL_SOCKET, sockets.SO_LINGER, _RESET)
+    socket.abort()
 
 
 class Direct(Protocol):
@@ -94,12 +123,19 @@ class Subscriber:
         "last_key",
         "max_pending",
         "pending",
+        "stuck",
+        "stuck_since",
         "terminal_only",
         "transport",
     )
 
     def __init__(
-        self, channel_id: str, transport: str, max_pending: int, *, terminal_only: bool = False
+        self,
+        channel_id: str,
+        transport: Transport,
+        max_pending: int,
+        *,
+        terminal_only: bool = False,
     ) -> None:
         self.channel_id = channel_id
         self.transport = transport
@@ -112,11 +148,17 @@ class Subscriber:
         self.closed: ReconnectReason | None = None
         self.direct: Direct | None = None
         self.beat = 0  # the hub's heartbeat tick of the last write to this reader
-        self._queue: deque[Event] = deque()
+        # Stall detection, on the hub's heartbeat ticks: the socket's unsent bytes at the last
+        # tick, and the tick since which that number has not moved.
+        self.stuck = 0
+        self.stuck_since = 0
+        # Made on first use: an empty deque is 600 bytes, and most readers never queue.
+        self._queue: deque[Event] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def attach(self, direct: Direct) -> None:
-        """Allow direct writes (events, heartbeats) while the handler is parked in next_batch()."""
+        """Allow direct writes (events, heartbeats) while the handler is parked in next_batch(),
+        and watch the socket for stalls (from the stream's start: replay included)."""
         self.direct = direct
 
     @property
@@ -133,8 +175,11 @@ class Subscriber:
             events = [event for event in events if event.terminal]
             if not events:
                 return
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         for event in events:
-            self._queue.append(event)
+            queue.append(event)
             self.pending += len(event.sse)
         if self.pending > self.max_pending:
             self.close("slow_consumer")
@@ -144,7 +189,7 @@ class Subscriber:
     def close(self, reason: ReconnectReason) -> None:
         if self.closed is None:
             self.closed = reason
-            self._queue.clear()
+            self._queue = None
             self.pending = 0
             self._wake()
 
@@ -163,6 +208,8 @@ class Subscriber:
             raise Closed(self.closed)
         batch: list[Event] = []
         queue = self._queue
+        if not queue:
+            return batch
         while queue and len(batch) < limit:
             event = queue.popleft()
             self.pending -= len(event.sse)
@@ -194,14 +241,26 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, engine: Engine, max_pending: int, heartbeat: float = 15.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_pending: int,
+        heartbeat: float = 15.0,
+        stall_timeout: float = 30.0,
+    ) -> None:
         self.engine = engine
         self.max_pending = max_pending
         self.heartbeat = heartbeat
+        # Checked on the heartbeat ticks (heartbeat / 2 apart): a stalled reader is dropped
+        # between stall_timeout and stall_timeout + heartbeat / 2 after its socket last took
+        # anything.
+        self.stall_ticks = max(1, math.ceil(stall_timeout / (heartbeat / 2)))
         self._channels: dict[str, set[Subscriber]] = {}
         self._watch_lock = asyncio.Lock()
         self._expiry_task: asyncio.Task[None] | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self._share_task: asyncio.Task[None] | None = None
+        self._changed: set[str] = set()  # channels whose reader count changed since shared
         self.beat = 0  # heartbeat ticks so far (one per heartbeat / 2 seconds)
         self.delivered = 0  # events handed to subscribers (for metrics)
         self.slow_consumers = 0
@@ -211,6 +270,7 @@ class Hub:
         await self.engine.start(self.deliver)
         self._expiry_task = asyncio.create_task(self._tick_forever(), name="hub-expiry")
         self._beat_task = asyncio.create_task(self._beat_forever(), name="hub-heartbeat")
+        self._share_task = asyncio.create_task(self._share_forever(), name="hub-share-readers")
 
     def all_subscribers(self) -> list[Subscriber]:
         return [s for group in self._channels.values() for s in group]
@@ -218,11 +278,16 @@ class Hub:
     async def close(self, reason: ReconnectReason = "shutdown") -> None:
         for subscriber in self.all_subscribers():
             subscriber.close(reason)
-        for task in (self._expiry_task, self._beat_task):
+        for task in (self._expiry_task, self._beat_task, self._share_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # This process's readers are gone: say so now rather than when the share expires.
+        gone: dict[str, dict[str, int]] = {c: {} for c in (*self._channels, *self._changed)}
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await self.engine.share_readers(gone, SHARE_TTL)
         await self.engine.close()
 
     def deliver(self, channel_id: str, events: Sequence[Event] | None) -> None:
@@ -265,20 +330,22 @@ class Hub:
                     subscriber.close("client_closed")
                     continue
                 if socket.get_write_buffer_size() > subscriber.max_pending:
-                    subscriber.close("slow_consumer")
-                else:
-                    data = frames.get(framer.kind)
-                    if data is None:
-                        data = frames[framer.kind] = framer.frame(events)
-                    socket.write(data)
-                    subscriber.last_key = last_key
-                    subscriber.beat = beat
+                    self.drop(subscriber, socket)
                     continue
-            if subscriber.closed == "slow_consumer":
+                data = frames.get(framer.kind)
+                if data is None:
+                    data = frames[framer.kind] = framer.frame(events)
+                socket.write(data)
+                subscriber.last_key = last_key
+                subscriber.beat = beat
+                continue
+            if subscriber.closed == "slow_consumer":  # its queue overflowed
                 self.slow_consumers += 1
+                if framer is not None and framer.socket.get_write_buffer_size() > self.max_pending:
+                    self.drop(subscriber, framer.socket)  # already closed: aborts only
 
     async def subscribe(
-        self, channel_id: str, transport: str, *, terminal_only: bool = False
+        self, channel_id: str, transport: Transport, *, terminal_only: bool = False
     ) -> Subscriber:
         """Register a reader. Events appended after this returns reach its queue."""
         subscriber = Subscriber(
@@ -294,6 +361,7 @@ class Hub:
                     await self.engine.watch(channel_id)
                     subscribers = self._channels[channel_id] = set()
         subscribers.add(subscriber)
+        self._changed.add(channel_id)
         return subscriber
 
     async def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -302,12 +370,32 @@ class Hub:
         if subscribers is None:
             return
         subscribers.discard(subscriber)
+        self._changed.add(channel_id)
         if subscribers:
             return
         async with self._watch_lock:
             if self._channels.get(channel_id) is subscribers and not subscribers:
                 del self._channels[channel_id]
                 await self.engine.unwatch(channel_id)
+
+    async def _share_forever(self) -> None:
+        """Tell the engine (other broker processes) how many readers each channel has here."""
+        refreshed = time.monotonic()
+        while True:
+            await asyncio.sleep(SHARE_INTERVAL)
+            changed, self._changed = self._changed, set()
+            if time.monotonic() - refreshed >= SHARE_REFRESH:
+                refreshed = time.monotonic()
+                changed.update(self._channels)
+            if not changed:
+                continue
+            try:
+                await self.engine.share_readers(
+                    {channel_id: self.counts(channel_id) for channel_id in changed}, SHARE_TTL
+                )
+            except Exception:  # shared again at the next interval
+                log.warning("could not share reader counts", exc_info=True)
+                self._changed |= changed
 
     def counts(self, channel_id: str | None = None) -> Counter[str]:
         """Subscribers by transport, for one channel or all."""
@@ -348,10 +436,28 @@ class Hub:
             if not exists:
                 self.deliver(channel_id, None)
 
+    def drop(self, subscriber: Subscriber, socket: Socket) -> None:
+        """Disconnect a reader that does not keep up, aborting its connection: its reconnect
+        notice would wait behind what its socket already holds, and its handler with it, maybe
+        forever. It resumes from its last id."""
+        if subscriber.closed is None:
+            subscriber.close("slow_consumer")
+            self.slow_consumers += 1
+        reset(socket)
+        log.info(
+            "reader not reading; disconnected (slow_consumer)",
+            extra={"channel": subscriber.channel_id, "transport": subscriber.transport},
+        )
+
     async def _beat_forever(self) -> None:
-        """Heartbeats for every parked reader, from one timer: each tick writes the framing's
-        pre-framed heartbeat to readers that got nothing since the tick before last, so a reader
-        hears something at least every `heartbeat` seconds (ticks are heartbeat / 2 apart)."""
+        """Heartbeats and stall checks for every streaming reader, from one timer.
+
+        Each tick writes the framing's pre-framed heartbeat to parked readers that got nothing
+        since the tick before last, so a reader hears something at least every `heartbeat`
+        seconds (ticks are heartbeat / 2 apart). And it drops readers whose socket took nothing
+        for `stall_ticks` ticks: unsent bytes that have not moved (parked or not, closed or
+        not: a handler blocked on a write, in replay or sending its goodbye, is released too).
+        """
         period = self.heartbeat / 2
         while True:
             await asyncio.sleep(period)
@@ -359,17 +465,25 @@ class Hub:
             stale = self.beat - 2
             for group in tuple(self._channels.values()):
                 for subscriber in tuple(group):
-                    if subscriber.beat > stale or not subscriber.parked:
-                        continue
                     framer = subscriber.direct
                     if framer is None:
-                        continue  # its handler sends heartbeats (no socket to write to)
+                        continue  # not streaming (yet): its handler writes, and times out
                     socket = framer.socket
+                    unsent = socket.get_write_buffer_size()
+                    if unsent == 0 or unsent != subscriber.stuck:
+                        subscriber.stuck_since = self.beat
+                    elif self.beat - subscriber.stuck_since >= self.stall_ticks:
+                        self.drop(subscriber, socket)
+                        continue
+                    subscriber.stuck = unsent
+                    if subscriber.beat > stale or not subscriber.parked:
+                        continue
                     if socket.is_closing():
                         subscriber.close("client_closed")
-                    elif socket.get_write_buffer_size() > subscriber.max_pending:
-                        subscriber.close("slow_consumer")
-                        self.slow_consumers += 1
+                    elif unsent > subscriber.max_pending:
+                        self.drop(subscriber, socket)
                     else:
                         socket.write(framer.heartbeat)
                         subscriber.beat = self.beat
+                        # Our own heartbeat is not progress: the next tick compares with this.
+                        subscriber.stuck = socket.get_write_buffer_size()

@@ -30,6 +30,15 @@ TRANSPORT_OF_ENDPOINT: Final[Mapping[str, Transport]] = {
 ChannelState = Literal["open", "ended", "cancelled"]
 CHANNEL_STATES: Final[tuple[ChannelState, ...]] = get_args(ChannelState)
 
+
+def channel_state(value: str) -> ChannelState:
+    """`value` (a stored state, e.g. Redis meta) as a ChannelState; ValueError when unknown."""
+    for state in CHANNEL_STATES:
+        if value == state:
+            return state
+    raise ValueError(f"unknown channel state {value!r} (expected one of {CHANNEL_STATES})")
+
+
 TerminalEventType = Literal["end", "error", "cancelled"]
 TERMINAL_EVENT_TYPES: Final[tuple[TerminalEventType, ...]] = get_args(TerminalEventType)
 

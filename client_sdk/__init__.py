@@ -12,16 +12,9 @@
 
 import logging
 
+from client_sdk.api import cancel_channel, create_channel
 from client_sdk.backoff import Backoff
-from client_sdk.channel import (
-    Channel,
-    ChannelContext,
-    attach,
-    cancel_channel,
-    create_channel,
-    open_channel,
-    subscribe,
-)
+from client_sdk.channel import Channel, ChannelContext, attach, open_channel, subscribe
 from client_sdk.errors import (
     BrokerError,
     ChannelErrorEvent,

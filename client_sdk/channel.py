@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -12,14 +11,13 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from broker.urls import broker_urls
 from broker.vocabulary import ChannelState
+from client_sdk.api import BrokerURLs, broker_list, cancel_channel, create_channel
 from client_sdk.backoff import Backoff
 from client_sdk.errors import (
     BrokerError,
     ChannelErrorEvent,
     InvalidChannelReference,
-    ProtocolViolation,
     TransportError,
 )
 from client_sdk.ids import is_event_id
@@ -27,11 +25,10 @@ from client_sdk.models import Event, GapInfo
 from client_sdk.reader import TRANSPORT_NAMES, OnGap, OnReconnect, Reader, TransportName
 from client_sdk.refs import ChannelRef, resolve
 from client_sdk.store import ChannelStore, SavedChannel, as_store
-from client_sdk.transports import Target, Timing, broker_error
+from client_sdk.transports import Target, Timing
 
 # The broker's default, used until it says otherwise (open response, `Unbroken-Heartbeat`).
 DEFAULT_HEARTBEAT = 15.0
-BrokerURLs = str | Sequence[str]  # one URL, several (a list, or one string with commas)
 StoreArg = ChannelStore | str | os.PathLike[str] | None
 
 
@@ -260,7 +257,7 @@ def open_channel(
 
     if transport not in TRANSPORT_NAMES:  # before the channel is created for nothing
         raise ValueError(f"unknown transport {transport!r}; use one of {TRANSPORT_NAMES}")
-    urls = _urls(broker_url)
+    urls = broker_list(broker_url)
     options = ReadOptions(
         transport, last_event_id, heartbeat, idle_timeout, first_byte_timeout, poll_timeout,
         max_duration, backoff, max_retries, on_reconnect, on_gap, as_store(store),
@@ -327,7 +324,7 @@ def subscribe(
         transport, last_event_id, heartbeat, idle_timeout, first_byte_timeout, poll_timeout,
         max_duration, backoff, max_retries, on_reconnect, on_gap, as_store(store),
     )  # fmt: skip
-    urls = _urls(broker_url) if broker_url else []
+    urls = broker_list(broker_url) if broker_url else []
 
     async def existing(http: aiohttp.ClientSession) -> tuple[ChannelRef, list[str]]:
         ref = resolve(channel_or_token, token)
@@ -336,7 +333,7 @@ def subscribe(
         if urls:
             return ref, urls
         if ref.broker_url:
-            return ref, _urls(ref.broker_url)
+            return ref, broker_list(ref.broker_url)
         raise InvalidChannelReference("no broker URL given, and the token does not name one")
 
     return _context(existing, session, options)
@@ -383,86 +380,6 @@ def attach(
     )
 
 
-async def create_channel(
-    session: aiohttp.ClientSession,
-    broker_url: str,
-    *,
-    name: str | None = None,
-    app_key: str | None = None,
-    open_timeout: float = 10.0,
-) -> dict[str, Any]:
-    """`POST /v1/channels`: the open response (id, read_token, channel_token, ...)."""
-    url = URL(_urls(broker_url)[0]) / "v1" / "channels"
-    headers = {"Authorization": f"Bearer {app_key}"} if app_key else {}
-    body = {"name": name} if name is not None else {}
-    try:
-        async with asyncio.timeout(open_timeout):
-            async with session.post(url, json=body, headers=headers) as resp:
-                if resp.status != 201 and resp.status != 200:
-                    raise await broker_error(resp)
-                info = await resp.json(content_type=None)
-    except TimeoutError as exc:
-        raise TransportError(
-            f"the broker at {broker_url} did not answer within {open_timeout:g}s"
-        ) from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise TransportError(f"cannot reach the broker at {broker_url}: {exc}") from exc
-    except ValueError as exc:
-        raise ProtocolViolation(f"the broker's open response is not JSON: {exc}") from exc
-    if not isinstance(info, dict) or "id" not in info or "read_token" not in info:
-        raise ProtocolViolation(f"unexpected open response: {info!r:.200}")
-    return info
-
-
-async def cancel_channel(
-    session: aiohttp.ClientSession,
-    targets: Sequence[Target],
-    reason: str | None = None,
-    *,
-    first: Target | None = None,
-    timeout: float = 10.0,
-) -> dict[str, Any]:
-    """`POST /v1/channels/{id}/cancel` on the first broker that answers (cancelling is
-    idempotent: a repeat answers `duplicate: true`)."""
-    if reason is not None and not isinstance(reason, str):
-        raise TypeError("the cancel reason is a string (at most 200 characters) or None")
-    order = list(targets)
-    if first is not None and first in order:
-        start = order.index(first)
-        order = order[start:] + order[:start]
-    body = {"reason": reason} if reason is not None else {}
-    error: BaseException | None = None
-    for target in order:
-        try:
-            async with asyncio.timeout(timeout):
-                async with session.post(
-                    target.url("cancel"), json=body, headers=target.headers
-                ) as resp:
-                    if resp.status not in (200, 201):
-                        raise await broker_error(resp)
-                    answer = await resp.json(content_type=None)
-        except TimeoutError as exc:
-            error = TransportError(f"cancel: {target.broker_url} did not answer in {timeout:g}s")
-            error.__cause__ = exc
-            continue
-        except BrokerError as exc:
-            if exc.status != 503:
-                raise
-            error = exc
-            continue
-        except (aiohttp.ClientError, OSError) as exc:
-            error = TransportError(f"cancel: cannot reach {target.broker_url}: {exc}")
-            error.__cause__ = exc
-            continue
-        except ValueError as exc:
-            raise ProtocolViolation(f"cancel: the answer is not JSON: {exc}") from exc
-        if not isinstance(answer, dict):
-            raise ProtocolViolation(f"cancel: unexpected answer {answer!r:.200}")
-        return answer
-    assert error is not None
-    raise error
-
-
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
     """How to read: the options `open_channel` and `subscribe` share."""
@@ -479,13 +396,6 @@ class ReadOptions:
     on_reconnect: OnReconnect | None
     on_gap: OnGap | None
     store: ChannelStore | None
-
-
-def _urls(value: BrokerURLs) -> list[str]:
-    try:
-        return broker_urls(value if isinstance(value, str) else tuple(value))
-    except ValueError as exc:
-        raise InvalidChannelReference(str(exc)) from exc
 
 
 def _context(

@@ -20,7 +20,8 @@ from typing import Any, Final, TextIO
 
 import aiohttp
 
-from client_sdk.channel import Channel, create_channel, subscribe
+from client_sdk.api import create_channel
+from client_sdk.channel import Channel, subscribe
 from client_sdk.errors import (
     BrokerError,
     ChannelErrorEvent,

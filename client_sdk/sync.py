@@ -11,7 +11,8 @@ from typing import Any, Final
 
 import aiohttp
 
-from client_sdk.channel import Channel, create_channel, subscribe
+from client_sdk.api import create_channel
+from client_sdk.channel import Channel, subscribe
 from client_sdk.models import Event
 
 _DONE: Final = object()

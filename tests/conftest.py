@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.redis_server import private_redis
+from broker.config import Settings
+from tests.redis_server import RestartableRedis, private_redis
+from tests.support import TEST_ADMIN, TEST_SECRET, Broker, redis_settings, running_broker
 from tests.tools import in_ci, missing
 
 
@@ -18,6 +21,48 @@ def redis_url() -> Iterator[str]:
         if url is None:
             missing("redis-server (apt-get install redis-server; or UNBROKEN_TEST_REDIS_URL)")
         yield url
+
+
+@pytest.fixture
+def restartable_redis() -> Iterator[RestartableRedis]:
+    """A private redis-server, started, that the test can stop, kill, freeze and restart."""
+    server = RestartableRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Broker settings for each engine: a test that takes them runs on both."""
+    if request.param == "redis":
+        return redis_settings(request.getfixturevalue("redis_url"))
+    return Settings()
+
+
+@pytest.fixture
+def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker library configured by its arguments only, whatever the shell exports (worker
+    test modules use it for every test: `pytestmark = pytest.mark.usefixtures(...)`)."""
+    for name in ("UNBROKEN_SECRET", "UNBROKEN_BROKER_URL", "UNBROKEN_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(params=["http", "redis"])
+async def path(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, dict[str, Any]]]:
+    """A broker (admin token TEST_ADMIN) and the worker options that write to it over HTTP, or
+    straight to its Redis."""
+    if request.param == "http":
+        async with running_broker(admin_token=TEST_ADMIN) as broker:
+            yield broker, {"broker_url": broker.url}
+    else:
+        redis_url = request.getfixturevalue("redis_url")
+        settings = redis_settings(redis_url).with_overrides(admin_token=TEST_ADMIN)
+        async with running_broker(settings) as broker:
+            options = {"redis_url": redis_url, "redis_prefix": settings.redis_prefix}
+            yield broker, {**options, "secret": TEST_SECRET}
 
 
 ROOT = Path(__file__).resolve().parent.parent

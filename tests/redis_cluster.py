@@ -18,17 +18,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.redis_server import free_port
+from tests.redis_server import free_port, start_redis
+from tests.tools import need_tool
 
 NODE_TIMEOUT_MS = 1000
 
 
 def tools_missing() -> str | None:
     """Why these deployments cannot be had here (None when they can)."""
-    for tool in ("redis-server", "redis-cli"):
+    for tool, package in (("redis-server", "redis-server"), ("redis-cli", "redis-tools")):
         if shutil.which(tool) is None:
-            return f"{tool} is not on PATH (apt-get install redis-server redis-tools)"
+            return f"{tool} is not on PATH (apt-get install {package})"
     return None
+
+
+def need_redis_tools() -> None:
+    """Skip (fail under CI, which installs them) without redis-server and redis-cli. Sentinel
+    runs as `redis-server --sentinel`: no other binary is needed."""
+    need_tool("redis-server")
+    need_tool("redis-cli", "redis-tools")
 
 
 def _send(port: int, *command: str, timeout: float = 1.0) -> bytes:
@@ -99,37 +107,43 @@ class _Server:
 
 def _start(workdir: Path, port: int, *args: str) -> _Server:
     folder = workdir / str(port)
-    folder.mkdir()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = _Server(port, process)
+    folder.mkdir(exist_ok=True)
+    return _Server(port, start_redis(port, str(folder), "--appendonly", "no", *args))
 
-    def answers() -> bool:
-        if not server.alive:
-            raise RuntimeError(f"redis-server on port {port} exited at start")
-        try:
-            return _send(port, "PING").startswith(b"+PONG")
-        except OSError:
-            return False
 
-    _wait(answers, f"redis-server on port {port}")
-    return server
+@dataclass
+class Standalone:
+    """One server that a test can freeze (SIGSTOP), thaw, kill and restart on the same port."""
+
+    workdir: Path
+    server: _Server
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.server.port}/0"
+
+    def freeze(self) -> None:
+        self.server.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.server.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """kill -9, then start again on the same port (empty: no persistence)."""
+        self.server.kill()
+        self.server = _start(self.workdir, self.server.port)
+
+
+@contextlib.contextmanager
+def redis_standalone() -> Iterator[Standalone]:
+    workdir = Path(tempfile.mkdtemp(prefix="unbroken-standalone-"))
+    deployment = Standalone(workdir, _start(workdir, free_port()))
+    try:
+        yield deployment
+    finally:
+        deployment.thaw()
+        deployment.server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclass
@@ -236,6 +250,35 @@ class SentinelPair:
     def url(self) -> str:
         return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}/0"
 
+    def server(self, port: int | None) -> _Server:
+        return next(s for s in (self.primary, self.replica) if s.port == port)
+
+    def role(self, port: int) -> str | None:
+        return _info(port, "replication").get("role")
+
+    def in_sync(self) -> bool:
+        """Both data nodes up, one primary, its replica's link up."""
+        roles = {s.port: self.role(s.port) for s in (self.primary, self.replica)}
+        replicas = [port for port, role in roles.items() if role == "slave"]
+        return sorted(roles.values(), key=str) == ["master", "slave"] and all(
+            _info(port, "replication").get("master_link_status") == "up" for port in replicas
+        )
+
+    def wait_in_sync(self, timeout: float = 20.0) -> None:
+        _wait(self.in_sync, "primary and replica in sync", timeout)
+
+    def switchover(self) -> None:
+        """Ask Sentinel to promote the replica; the old primary stays up as a replica."""
+        deadline = time.monotonic() + 20
+        while True:
+            reply = _send(self.sentinel.port, "SENTINEL", "FAILOVER", self.service)
+            if reply.startswith(b"+OK"):
+                return
+            # NOGOODSLAVE until Sentinel's view of the replica is fresh again.
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SENTINEL FAILOVER: {reply!r}")
+            time.sleep(0.2)
+
     def current_primary(self) -> int | None:
         try:
             raw = _send(self.sentinel.port, "SENTINEL", "get-master-addr-by-name", self.service)
@@ -297,4 +340,13 @@ def _sentinel_knows_replica(port: int, service: str) -> bool:
         return False
 
 
-__all__ = ["Cluster", "SentinelPair", "redis_cluster", "redis_sentinel", "tools_missing"]
+__all__ = [
+    "Cluster",
+    "SentinelPair",
+    "Standalone",
+    "need_redis_tools",
+    "redis_cluster",
+    "redis_sentinel",
+    "redis_standalone",
+    "tools_missing",
+]

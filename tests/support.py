@@ -30,13 +30,21 @@ class Broker:
             return dict(await response.json())
 
 
+TEST_SECRET = "test:secret-for-tests"  # running_broker's key ring
+TEST_ADMIN = "admin-token-for-tests"  # the admin token of the `path` fixture's brokers
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @contextlib.asynccontextmanager
 async def running_broker(
     settings: Settings | None = None, **overrides: Any
 ) -> AsyncIterator[Broker]:
-    """A broker serving on 127.0.0.1:<free port> in this process."""
+    """A broker serving on 127.0.0.1:<free port> in this process (key ring TEST_SECRET)."""
     settings = (settings or Settings()).with_overrides(
-        port=free_port(), secret=overrides.pop("secret", "test:secret-for-tests"), **overrides
+        port=free_port(), secret=overrides.pop("secret", TEST_SECRET), **overrides
     )
     app = create_app(settings)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2)

@@ -26,6 +26,8 @@ def test_quick_compare_prints_every_row_for_the_memory_engine() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split(" | ")[0].lstrip("| "): line for line in done.stdout.splitlines()}
     for row in rows(QUICK):
+        if row.redis_only:
+            continue
         assert row.label in lines, f"no row {row.label!r} in:\n{done.stdout}"
         memory_cell = lines[row.label].split(" | ")[1]
         assert memory_cell not in ("", "-"), f"no memory figure for {row.label!r}"

@@ -16,19 +16,11 @@ from tests.support import (
     FaultyProxy,
     Received,
     read,
-    redis_settings,
     running_broker,
 )
 from worker.channel import Channel
 
 TRANSPORTS = ["sse", "chunked", "ws", "poll"]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def settings(request: pytest.FixtureRequest) -> Settings:
-    if request.param == "redis":
-        return redis_settings(request.getfixturevalue("redis_url"))
-    return Settings()
 
 
 @pytest.fixture

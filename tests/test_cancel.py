@@ -17,26 +17,15 @@ from broker.config import Settings
 from broker.engine import redis_layout
 from broker.engine.base import ChannelCancelled
 from broker.events import pack, unpack
-from tests.support import Broker, Received, read, read_sse, redis_settings, running_broker
+from tests.support import Broker, Received, bearer, read, read_sse, redis_settings, running_broker
 
 TRANSPORTS = ["sse", "chunked", "ws", "poll"]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def settings(request: pytest.FixtureRequest) -> Settings:
-    if request.param == "redis":
-        return redis_settings(request.getfixturevalue("redis_url"))
-    return Settings()
 
 
 @pytest.fixture
 async def broker(settings: Settings) -> AsyncIterator[Broker]:
     async with running_broker(settings.with_overrides(heartbeat=0.3)) as running:
         yield running
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def post(

@@ -42,6 +42,10 @@ def test_vocabulary_is_the_brokers_and_the_clients() -> None:
     assert list(vocabulary.CHANNEL_STATES) == VOCABULARY["channel_states"]
     assert list(vocabulary.TERMINAL_EVENT_TYPES) == VOCABULARY["terminal_event_types"]
     assert list(vocabulary.RECONNECT_REASONS) == VOCABULARY["reconnect_reasons"]
+    for state in VOCABULARY["channel_states"]:
+        assert vocabulary.channel_state(state) == state
+    with pytest.raises(ValueError, match="unknown channel state"):
+        vocabulary.channel_state("closed")
     # The client names its transports as the broker does, and reads the broker's route for each.
     assert sorted(TRANSPORTS) == sorted(VOCABULARY["transports"])
     assert set(TRANSPORT_NAMES) == {"auto", *VOCABULARY["transports"]}

@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
+import os
 from pathlib import Path
 
-import pytest
-
 from tests.broker_process import ROOT, BrokerProcess
+from tests.tools import need_chrome, need_tool
 
-CHROMIUM = Path("/usr/bin/chromium")
 DRIVER = ROOT / "tests" / "browser" / "dashboard_disabled.mjs"
-
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(shutil.which("node") is None, reason="no node to run playwright-core"),
-]
 
 
 async def test_dashboard_says_admin_is_disabled_without_an_admin_token(
     browser_driver: Path,
 ) -> None:
+    chrome, node = need_chrome(), need_tool("node", "nodejs")
     async with BrokerProcess("--engine", "memory", "--secret", "d:dashboard-secret") as broker:
         driver = await asyncio.create_subprocess_exec(
-            "node", str(DRIVER), broker.url,
+            node, str(DRIVER), broker.url, env={**os.environ, "CHROME_PATH": chrome},
             cwd=browser_driver, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(driver.communicate(), 60)

@@ -6,74 +6,23 @@ with Retry-After (never a 500, never a traceback in the log); /healthz reports t
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from broker import errors
+from broker.app import create_app
+from broker.config import Settings
+from broker.engine.redis import RedisEngine
 from tests.broker_process import BrokerProcess
-from tests.redis_server import free_port
+from tests.redis_server import RestartableRedis, free_port
 
 SECRET = "outage:outage-test-secret"
 ADMIN = "outage-admin"
-
-
-class RestartableRedis:
-    """A redis-server on a fixed port that can be killed (-9) and started again."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("needs the redis-server binary (to kill and restart it)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = tempfile.mkdtemp(prefix="unbroken-outage-")
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", self.workdir,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(b"PING\r\n")
-                pong = await reader.readline()
-                writer.close()
-                if pong.startswith(b"+PONG"):
-                    return
-            except OSError:
-                pass
-            await asyncio.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
-
-    async def close(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            await self.kill()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RestartableRedis]:
-    server = RestartableRedis()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
@@ -84,8 +33,9 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> 
 
 
 async def test_requests_answer_503_while_redis_is_down_and_work_after_it_returns(
-    redis: RestartableRedis,
+    restartable_redis: RestartableRedis,
 ) -> None:
+    redis = restartable_redis
     args = ("--redis", redis.url, "--secret", SECRET, "--admin-token", ADMIN)
     async with BrokerProcess(*args) as broker, aiohttp.ClientSession() as http:
 
@@ -106,7 +56,16 @@ async def test_requests_answer_503_while_redis_is_down_and_work_after_it_returns
         assert (status, health["engine"], health["engine_ok"]) == (200, "redis", True)
         assert (await call("GET", broker.url + "/readyz"))[0] == 200
 
-        await redis.kill()
+        redis.kill()
+
+        async def engine_down() -> bool:  # the last probe result is reused for up to a second
+            status, _, health = await call("GET", broker.url + "/healthz")
+            assert status == 200 and health["engine"] == "redis"
+            return health["engine_ok"] is False and health["status"] == "degraded"
+
+        # The broker notices within about a second (its PING probe), whoever asks; from then
+        # on requests are refused at once instead of waiting out the engine's retries.
+        await until(engine_down, timeout=5)
         requests: list[tuple[str, str, dict[str, Any]]] = [
             ("POST", broker.url + "/v1/channels", {"json": {}}),
             ("POST", base + "/messages", {"json": {"data": 2}, "headers": write}),
@@ -120,7 +79,9 @@ async def test_requests_answer_503_while_redis_is_down_and_work_after_it_returns
             ("GET", broker.url + "/v1/admin/channels/outage", {"headers": admin}),
         ]
         for method, url, kwargs in requests:
+            started = time.monotonic()
             status, headers, body = await call(method, url, **kwargs)
+            assert time.monotonic() - started < 2.0, (method, url, "not refused at once")
             assert status == 503, (method, url, status, body)
             assert body["error"]["code"] == "engine_unavailable", (method, url)
             assert int(headers["Retry-After"]) >= 1, (method, url)
@@ -130,16 +91,10 @@ async def test_requests_answer_503_while_redis_is_down_and_work_after_it_returns
             await ws.receive()
             assert ws.close_code == 4503
 
-        async def engine_down() -> bool:  # the last probe result is reused for up to a second
-            status, _, health = await call("GET", broker.url + "/healthz")
-            assert status == 200 and health["engine"] == "redis"
-            return health["engine_ok"] is False and health["status"] == "degraded"
-
-        await until(engine_down, timeout=5)
         status, _, ready = await call("GET", broker.url + "/readyz")
         assert (status, ready["engine_ok"]) == (503, False)
 
-        await redis.start()  # empty: the channel is gone, the broker itself works again
+        redis.start()  # the broker works again
 
         async def ready() -> bool:
             return (await call("GET", broker.url + "/readyz"))[0] == 200
@@ -157,3 +112,39 @@ async def test_requests_answer_503_while_redis_is_down_and_work_after_it_returns
         assert "Traceback" not in log and "internal_error" not in log, log
         warnings = [line for line in log.splitlines() if "engine_unavailable" in line]
         assert warnings and all("WARNING" in line for line in warnings), log
+
+
+async def test_an_engine_error_mid_request_is_a_503_not_a_500(
+    restartable_redis: RestartableRedis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine gives up (here after a short retry deadline) before the health probe noticed
+    the outage: the error itself must map to 503 engine_unavailable, logged as one WARNING."""
+    redis = restartable_redis
+    monkeypatch.setattr(errors, "_outage_log", errors._OutageLog())  # no earlier test's lines
+    settings = Settings(secret=SECRET, engine="redis", redis_url=redis.url, port=free_port())
+    engine = RedisEngine(settings.limits, redis.url, prefix="outage-mid", retry_deadline=0.3)
+    runner = web.AppRunner(create_app(settings, engine), shutdown_timeout=2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url + "/v1/channels", json={}) as response:
+                assert response.status == 201
+                opened = await response.json()
+            write = {"Authorization": f"Bearer {opened['channel_token']['token']}"}
+            redis.kill()  # the probe's last answer (just now: fine) is still trusted
+            for _ in range(3):
+                async with http.post(
+                    opened["urls"]["messages"], json={"data": 1}, headers=write
+                ) as response:
+                    assert response.status == 503, await response.text()
+                    assert (await response.json())["error"]["code"] == "engine_unavailable"
+                    assert response.headers["Retry-After"] == "2"
+    finally:
+        await runner.cleanup()
+    records = [r for r in caplog.records if "engine_unavailable" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelname == "WARNING"  # one line, not one each
+    assert not any(r.exc_info for r in caplog.records if r.name.startswith("unbroken"))

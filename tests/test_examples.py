@@ -1,6 +1,8 @@
-"""Every Python and shell snippet of the README and docs/python-client.md is a file under
-examples/, shown verbatim (`<!-- file: examples/... -->` before its fence), and runs here as a
-user would run it: against a broker started by examples/readme/serve.sh, warnings as errors."""
+"""Every Python and shell snippet of the README and docs/ is a file under examples/, shown
+verbatim (`<!-- file: examples/... -->` before its fence), and runs here as a user would run it:
+against a broker started by examples/readme/serve.sh, warnings as errors. A snippet that cannot
+run here says so and why (`<!-- not run: <reason> -->`: redis-cli recipes for an operator's own
+Redis, the benchmark)."""
 
 from __future__ import annotations
 
@@ -21,39 +23,38 @@ from typing import Any
 import pytest
 
 from tests.client_sdk_support import REPO, free_port
+from tests.support import read, redis_settings, running_broker
 from tests.tools import need_tool
 
-DOCS = ["README.md", "docs/python-client.md"]
+DOCS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 SNIPPET_LANGUAGES = {"python", "py", "sh", "bash", "shell", "console"}
 # Run by .ci/run (they install the package and run this very suite), not from inside it.
 RUN_BY_CI = ["examples/readme/install.sh", "examples/readme/test.sh"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.M | re.S)
-MARKER = re.compile(r"<!-- file: (\S+) -->\n$")
+MARKER = re.compile(r"<!-- (file|not run): (.+?) -->\n$")
 
 
-def snippets(doc: str) -> Iterator[tuple[str, str, str | None, int]]:
-    """(language, text, the file its marker names or None, line) of each fenced block."""
+def snippets(doc: str) -> Iterator[tuple[str, str, tuple[str, str] | None, int]]:
+    """(language, text, its marker (kind, value) or None, line) of each fenced block."""
     text = (REPO / doc).read_text(encoding="utf-8")
     for match in FENCE.finditer(text):
         before = text[: match.start()]
-        marker = MARKER.search(before[-200:])
-        yield (
-            match.group(1),
-            match.group(2),
-            marker.group(1) if marker else None,
-            (before.count("\n") + 1),
-        )
+        marker = MARKER.search(before[-300:])
+        kind_value = (marker.group(1), marker.group(2)) if marker else None
+        yield match.group(1), match.group(2), kind_value, before.count("\n") + 1
 
 
 def test_every_snippet_is_an_example_file_shown_verbatim() -> None:
     shown: set[str] = set()
     problems: list[str] = []
     for doc in DOCS:
-        for language, body, path, line in snippets(doc):
-            if path is None:
-                if language in SNIPPET_LANGUAGES or language == "":
-                    problems.append(f"{doc}:{line}: a ```{language} block without a file marker")
+        for language, body, marker, line in snippets(doc):
+            if language not in SNIPPET_LANGUAGES or (marker is not None and marker[0] != "file"):
                 continue
+            if marker is None:
+                problems.append(f"{doc}:{line}: a ```{language} block without a file marker")
+                continue
+            path = marker[1]
             shown.add(path)
             file = REPO / path
             if not file.is_file():
@@ -63,7 +64,7 @@ def test_every_snippet_is_an_example_file_shown_verbatim() -> None:
     assert not problems, "\n".join(problems)
     examples = {
         str(p.relative_to(REPO))
-        for folder in ("examples/readme", "examples/python")
+        for folder in ("examples/readme", "examples/python", "examples/worker")
         for p in (REPO / folder).iterdir()
         if p.suffix in (".py", ".sh") and p.name != "backend.py"
     }
@@ -173,6 +174,78 @@ def test_backend_examples_write_and_end_without_warnings(broker: str, name: str)
         ("message", {"a": 2}),
         ("end", {"a": 5}),
     ]
+
+
+def test_stream_reply(broker: str) -> None:
+    opened = open_channel(broker)
+    out = python(
+        "examples/worker/stream_reply.py", broker, json.dumps(opened["channel_token"]), "hi"
+    )
+    assert out.stdout == "answered\n"
+    events = events_of(broker, opened)
+    assert "".join(data["delta"] for kind, data in events[:-1]) == (
+        "You asked: hi. Here is a long answer, one word at a time. "
+    )
+    assert events[-1] == ("end", None)
+
+
+def test_stream_reply_stops_quietly_when_the_app_cancels(broker: str) -> None:
+    opened = open_channel(broker)
+    token = json.dumps(opened["channel_token"])
+    backend = subprocess.Popen(
+        [sys.executable, "-W", "error", "examples/worker/stream_reply.py", token, "hi"],
+        cwd=REPO,
+        env=_env(UNBROKEN_BROKER_URL=broker),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"{broker}/v1/channels/{opened['id']}/poll?timeout=10&token={opened['read_token']}"
+        with urllib.request.urlopen(url, timeout=20) as resp:  # until the first word is there
+            assert json.load(resp)["events"]
+        request = urllib.request.Request(
+            f"{broker}/v1/channels/{opened['id']}/cancel",
+            method="POST",
+            headers={"Authorization": f"Bearer {opened['read_token']}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 201
+        out, err = backend.communicate(timeout=30)
+    finally:
+        backend.kill()
+    assert (backend.returncode, out, err) == (0, "stopped by the app\n", "")
+    assert events_of(broker, opened)[-1] == ("cancelled", {"reason": None})
+
+
+def test_one_shot(broker: str) -> None:
+    first, second = open_channel(broker), open_channel(broker)
+    tokens = [json.dumps(opened["channel_token"]) for opened in (first, second)]
+    out = python("examples/worker/one_shot.py", broker, *tokens).stdout
+    assert events_of(broker, first) == [("message", {"delta": "Hi"}), ("end", {"done": True})]
+    assert re.fullmatch(r"\d+-\d+\n", out)
+    kinds = events_of(broker, second)
+    assert kinds[0] == ("message", {"delta": "Hi"}) and kinds[1][0] == "error"
+    assert kinds[1][1]["message"] == "the model did not answer"
+
+
+async def test_append_direct(redis_url: str) -> None:
+    settings = redis_settings(redis_url)
+    async with running_broker(settings) as running:
+        opened = await running.open()
+        result = await asyncio.to_thread(
+            run,
+            [sys.executable, "-W", "error", "examples/worker/append_direct.py", opened["id"]],
+            running.url,
+            UNBROKEN_REDIS_URL=redis_url,
+            UNBROKEN_REDIS_PREFIX=settings.redis_prefix,
+        )
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert (
+            result.stdout.startswith("AppendResult(ids=['") and "duplicate=False" in result.stdout
+        )
+        received = await read(running.session, opened, "poll", stop_after=1)
+        assert received.messages == [{"a": 1}]
 
 
 WORDS = ["{'delta': 'word0 '}", "{'delta': 'word1 '}", "{'delta': 'word2 '}"]

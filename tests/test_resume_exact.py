@@ -129,19 +129,6 @@ async def test_resume_gets_only_what_follows(broker: Broker) -> None:
         assert_only_after(got, after, ids[5:])
 
 
-@pytest.fixture
-async def restartable_redis() -> AsyncIterator[RestartableRedis]:
-    server = RestartableRedis()
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 async def test_no_id_at_or_below_the_resume_id_after_a_redis_restart(
     restartable_redis: RestartableRedis,
 ) -> None:

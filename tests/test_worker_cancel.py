@@ -4,42 +4,17 @@ reader's cancel, over HTTP and straight on Redis, and learns of it live while si
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.support import Broker, read, redis_settings, running_broker
+from tests.support import Broker, read, running_broker
 from worker import Channel, ChannelCancelled, ChannelEndedError, SyncChannel
 
-SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
-
-
-@pytest.fixture(autouse=True)
-def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UNBROKEN_SECRET", "UNBROKEN_BROKER_URL", "UNBROKEN_REDIS_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(params=["http", "redis"])
-async def path(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, dict[str, Any]]]:
-    if request.param == "http":
-        async with running_broker() as broker:
-            yield broker, {"broker_url": broker.url}
-    else:
-        redis_url = request.getfixturevalue("redis_url")
-        settings = redis_settings(redis_url)
-        async with running_broker(settings) as broker:
-            yield (
-                broker,
-                {
-                    "redis_url": redis_url,
-                    "redis_prefix": settings.redis_prefix,
-                    "secret": SECRET,
-                },
-            )
+pytestmark = pytest.mark.usefixtures("no_worker_env")
 
 
 async def cancel(broker: Broker, opened: dict[str, Any], reason: str | None = "stop") -> float:
@@ -173,3 +148,68 @@ async def test_example_backend_streams_and_stops(monkeypatch: pytest.MonkeyPatch
             assert bad.status == 400 and "UNBROKEN_BROKER_URL" in (await bad.json())["error"]
     assert 2 <= len(received.messages) < 12  # the answer has 12 words: it stopped early
     assert received.events[-1][1:] == ("cancelled", {"reason": "stop"})
+
+
+async def test_the_block_keeps_the_writer_lease(path: tuple[Broker, dict[str, Any]]) -> None:
+    """A writer inside `async with` that works 8 s without writing (a tool call) keeps its
+    5 s lease by heartbeats; the same silence outside a block loses it."""
+    broker, options = path
+    kept, lost = await broker.open(writer_timeout=5), await broker.open(writer_timeout=5)
+    assert kept["channel_token"]["writer_timeout"] == 5
+
+    async def inside_block() -> None:
+        async with Channel.from_token(kept["channel_token"], **options) as channel:
+            await channel.write("before the tool call")
+            await asyncio.sleep(8)  # the silent step being tested
+            await channel.write("after it")
+
+    async def without_block() -> None:
+        channel = Channel.from_token(lost["channel_token"], **options)
+        await channel.write("before the tool call")
+        await asyncio.sleep(8)
+        with pytest.raises(ChannelEndedError):
+            await channel.write("after it")
+        await channel.close()
+
+    # The apps read meanwhile (the broker checks the leases of channels being read).
+    readers = [asyncio.create_task(read(broker.session, o, "sse")) for o in (kept, lost)]
+    await asyncio.gather(inside_block(), without_block())
+    received = await asyncio.wait_for(readers[0], 10)
+    assert received.messages == ["before the tool call", "after it"]
+    assert received.terminal == ("end", None)
+    received = await asyncio.wait_for(readers[1], 10)
+    assert received.messages == ["before the tool call"]
+    assert received.terminal is not None and received.terminal[0] == "error"
+    assert received.terminal[1]["code"] == "writer_timeout"
+
+
+async def test_many_watched_channels_do_not_starve_writes() -> None:
+    """110 writers sharing one Pool over HTTP each hold a cancel watch (a long-lived SSE
+    request); their writes still go out at once."""
+    from worker import Pool
+
+    async with running_broker(open_burst=200, admin_token="admin-for-worker-tests") as broker:
+        opened = [await broker.open() for _ in range(110)]
+        pool = Pool()
+        writers = [
+            Channel.from_token(o["channel_token"], broker_url=broker.url, pool=pool) for o in opened
+        ]
+        watches = [asyncio.create_task(w.wait_cancelled()) for w in writers]
+        for _ in range(250):  # until the broker has accepted every watch
+            async with broker.session.get(
+                broker.url + "/metrics",
+                headers={"Authorization": "Bearer admin-for-worker-tests"},
+            ) as response:
+                metrics = await response.text()
+            found = re.search(r'unbroken_reader_requests_total\{transport="sse"\} (\S+)', metrics)
+            if found and float(found.group(1)) >= 110:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the watches did not connect")
+        await asyncio.wait_for(asyncio.gather(*(w.write("hi") for w in writers)), 3)
+        await asyncio.wait_for(asyncio.gather(*(w.end() for w in writers)), 3)
+        assert await asyncio.wait_for(asyncio.gather(*watches), 5) == [False] * 110
+        for writer in writers:
+            await writer.close()
+        await pool.close()

@@ -5,12 +5,8 @@ the writer finishes, and `error()` gets through too."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +16,7 @@ from redis.asyncio import Redis
 
 from broker.config import Settings
 from broker.engine.redis_layout import channel_keys
-from tests.redis_server import free_port
+from tests.redis_server import RestartableRedis
 from tests.support import Broker, read, running_broker
 from worker import Channel, WriteFailedError
 
@@ -31,78 +27,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class RestartableRedis:
-    """A redis-server on a fixed port and data dir, so it can be stopped and started again.
-    `appendfsync always`: an acknowledged write survives the restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tempfile.mkdtemp(prefix="unbroken-redis-outage-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.terminate()  # SIGTERM: Redis closes its AOF and exits
-        self.process.wait(timeout=10)
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signum)
-
-    def cleanup(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
-async def redis_and_broker() -> AsyncIterator[tuple[RestartableRedis, Broker, dict[str, Any]]]:
-    server = RestartableRedis()
-    server.start()
+async def redis_and_broker(
+    restartable_redis: RestartableRedis,
+) -> AsyncIterator[tuple[RestartableRedis, Broker, dict[str, Any]]]:
+    server = restartable_redis
     settings = Settings(engine="redis", redis_url=server.url, redis_prefix="outage")
-    try:
-        async with running_broker(settings) as broker:
-            options = {"redis_url": server.url, "redis_prefix": "outage", "secret": SECRET}
-            yield server, broker, options
-    finally:
-        server.cleanup()
+    async with running_broker(settings) as broker:
+        options = {"redis_url": server.url, "redis_prefix": "outage", "secret": SECRET}
+        yield server, broker, options
 
 
 class Writer:

@@ -20,10 +20,7 @@ from worker import BadTokenError, Channel
 SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
 
 
-@pytest.fixture(autouse=True)
-def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UNBROKEN_SECRET", "UNBROKEN_BROKER_URL", "UNBROKEN_REDIS_URL"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_worker_env")
 
 
 def _b64(value: dict[str, Any]) -> str:

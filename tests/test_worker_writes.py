@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,37 +16,14 @@ import pytest
 from redis.asyncio import Redis
 
 import worker.channel
-from tests.support import Broker, read, redis_settings, running_broker
-from worker import Channel, InvalidMessageError
+from tests.support import TEST_ADMIN, TEST_SECRET, Broker, read, redis_settings, running_broker
+from worker import Channel, InvalidMessageError, SyncChannel, WriteFailedError
 
-SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
-ADMIN = "admin-token-for-worker-tests"
-
-
-@pytest.fixture(autouse=True)
-def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UNBROKEN_SECRET", "UNBROKEN_BROKER_URL", "UNBROKEN_REDIS_URL"):
-        monkeypatch.delenv(name, raising=False)
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = TEST_SECRET  # running_broker's key ring
 
 
-@pytest.fixture(params=["http", "redis"])
-async def path(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, dict[str, Any]]]:
-    """A broker and the worker options that write to it over HTTP, or straight to its Redis."""
-    if request.param == "http":
-        async with running_broker(admin_token=ADMIN) as broker:
-            yield broker, {"broker_url": broker.url}
-    else:
-        redis_url = request.getfixturevalue("redis_url")
-        settings = redis_settings(redis_url).with_overrides(admin_token=ADMIN)
-        async with running_broker(settings) as broker:
-            yield (
-                broker,
-                {
-                    "redis_url": redis_url,
-                    "redis_prefix": settings.redis_prefix,
-                    "secret": SECRET,
-                },
-            )
+pytestmark = pytest.mark.usefixtures("no_worker_env")
 
 
 async def test_non_finite_numbers_are_refused(path: tuple[Broker, dict[str, Any]]) -> None:
@@ -82,7 +59,7 @@ async def appends_seen(broker: Broker, options: dict[str, Any]) -> int:
             int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
         )
     async with broker.session.get(
-        broker.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}
+        broker.url + "/metrics", headers={"Authorization": f"Bearer {TEST_ADMIN}"}
     ) as response:
         text = await response.text()
     pattern = r'unbroken_engine_operation_seconds_count\{[^}]*operation="append"[^}]*\} (\S+)'
@@ -227,3 +204,80 @@ async def test_one_shot_from_processes_are_distinct_writers(redis_url: str) -> N
         # Each process's own writes keep their order.
         for name in ("p1", "p2"):
             assert [n for who, n in received.messages if who == name] == list(range(5))
+
+
+async def test_a_producer_that_does_not_wait_gets_its_writes_coalesced(
+    path: tuple[Broker, dict[str, Any]],
+) -> None:
+    """An LLM-like producer: a token every ~2 ms, queued with write_nowait()."""
+    broker, options = path
+    opened = await broker.open()
+    before = await appends_seen(broker, options)
+    async with Channel.from_token(opened["channel_token"], **options) as channel:
+        futures = []
+        for n in range(100):
+            futures.append(channel.write_nowait(n))
+            await asyncio.sleep(0.002)
+    # Leaving the block sent what was queued, then the end.
+    appends = await appends_seen(broker, options) - before
+    assert appends <= 25, f"100 queued writes took {appends} appends"
+    ids = [future.result() for future in futures]
+    received = await read(broker.session, opened, "poll")
+    assert received.messages == list(range(100)) and received.terminal == ("end", None)
+    assert [event_id for event_id, _, _ in received.events[:100]] == ids
+
+
+async def test_a_failed_write_nowait_is_raised_by_the_next_call() -> None:
+    async with running_broker() as broker:
+        opened = await broker.open()
+        channel = Channel.from_token(opened["channel_token"], broker_url=broker.url, retry_for=0.3)
+        await channel.write("stored")
+    # The broker is gone now: the queued write fails after retry_for, unawaited.
+    lost = channel.write_nowait("lost")
+    await asyncio.wait([lost])
+    with pytest.raises(WriteFailedError):
+        await channel.write("next")  # the earlier failure, not a silent gap
+    with pytest.raises(WriteFailedError):
+        lost.result()
+    await channel.close()
+
+
+def test_sync_write_nowait() -> None:
+    async def scenario() -> None:
+        async with running_broker() as broker:
+            opened = await broker.open()
+
+            def backend() -> list[str]:
+                token = opened["channel_token"]
+                with SyncChannel.from_token(token, broker_url=broker.url) as channel:
+                    futures = [channel.write_nowait({"n": n}) for n in range(50)]
+                return [future.result(timeout=10) for future in futures]
+
+            ids = await asyncio.to_thread(backend)
+            received = await read(broker.session, opened, "poll")
+            assert received.messages == [{"n": n} for n in range(50)]
+            assert [event_id for event_id, _, _ in received.events[:50]] == ids
+
+    asyncio.run(scenario())
+
+
+async def test_the_queued_writes_example() -> None:
+    """examples/worker/queued_writes.py (shown in docs/worker.md), run as a user would."""
+    async with running_broker() as broker:
+        opened = await broker.open()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-W",
+            "error",
+            str(ROOT / "examples" / "worker" / "queued_writes.py"),
+            json.dumps(opened["channel_token"]),
+            env=dict(
+                os.environ,
+                UNBROKEN_BROKER_URL=broker.url,
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            ),
+        )
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        received = await read(broker.session, opened, "poll")
+        assert received.messages == [{"delta": f"t{n} "} for n in range(100)]
+        assert received.terminal == ("end", None)

@@ -15,27 +15,24 @@ from redis.asyncio import Redis
 from broker.config import Settings
 from broker.engine import redis_layout
 from broker.engine.base import ChannelCancelled, ChannelEnded
-from tests.support import Broker, Received, read_sse, reader_url, redis_settings, running_broker
+from tests.support import (
+    Broker,
+    Received,
+    bearer,
+    read_sse,
+    reader_url,
+    redis_settings,
+    running_broker,
+)
 
 LEASE = 5  # the shortest lease the API accepts
 LEASE_ERROR = {"code": "writer_timeout", "message": f"The backend wrote nothing for {LEASE} s."}
-
-
-@pytest.fixture(params=["memory", "redis"])
-def settings(request: pytest.FixtureRequest) -> Settings:
-    if request.param == "redis":
-        return redis_settings(request.getfixturevalue("redis_url"))
-    return Settings()
 
 
 @pytest.fixture
 async def broker(settings: Settings) -> AsyncIterator[Broker]:
     async with running_broker(settings.with_overrides(heartbeat=1.0)) as running:
         yield running
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def post(

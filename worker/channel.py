@@ -33,6 +33,7 @@ import random
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -157,6 +158,7 @@ class Channel:
         self._stop_watch: Callable[[], None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._last_write = 0.0
+        self._failure: BaseException | None = None  # of a write_nowait(), raised by the next call
 
     @classmethod
     def from_token(
@@ -220,6 +222,32 @@ class Channel:
     async def write(self, data: Any) -> str:
         """Append one message; returns its event id."""
         return (await self._submit([self._encode("message", data)]))[-1]
+
+    def write_nowait(self, data: Any) -> asyncio.Future[str]:
+        """Queue one message and return at once with a future of its event id.
+
+        For a producer that should not wait for each answer (an LLM stream): its writes are
+        then coalesced like concurrent ones. A failure is raised by the next write, end or
+        error of this channel too (so the `async with` block reports it), whether or not the
+        future is awaited."""
+        done = self._enqueue([self._encode("message", data)], linger=True)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def settle(entry: asyncio.Future[list[str]]) -> None:
+            if future.cancelled():
+                return
+            if entry.cancelled() or entry.exception() is not None:
+                exc = entry.exception() if not entry.cancelled() else asyncio.CancelledError()
+                assert exc is not None
+                if self._failure is None and not isinstance(exc, ChannelEndedError):
+                    self._failure = exc
+                future.set_exception(exc)
+                future.exception()  # awaiting it is optional: no "never retrieved" warning
+            else:
+                future.set_result(entry.result()[-1])
+
+        done.add_done_callback(settle)
+        return future
 
     async def write_many(self, messages: Iterable[Any]) -> list[str]:
         """Append a batch atomically; returns their event ids."""
@@ -374,6 +402,14 @@ class Channel:
         return item
 
     async def _submit(self, items: list[Item], *, terminal: bool = False) -> list[str]:
+        return await self._enqueue(items, terminal=terminal)
+
+    def _enqueue(
+        self, items: list[Item], *, terminal: bool = False, linger: bool = False
+    ) -> asyncio.Future[list[str]]:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure  # a write_nowait() that failed earlier
         if self._cancelled.is_set():
             raise ChannelCancelled(f"Channel {self.id} was cancelled by the reader.")
         if self._closing or self.ended:
@@ -389,10 +425,12 @@ class Channel:
         if terminal:
             self._urgent.set()
         if idle:
-            # Idle: this write leaves at once; later ones gather behind it.
-            self._urgent.set()
+            # Idle: an awaited write leaves at once (later ones gather behind it); a queued one
+            # (write_nowait) waits the window for company, its producer is not waiting.
+            if not linger:
+                self._urgent.set()
             self._flusher = loop.create_task(self._flush())
-        return await entry.future
+        return entry.future
 
     def _take_batch(self) -> list[_Entry]:
         first = self._pending.popleft()
@@ -540,6 +578,25 @@ class SyncChannel:
 
     def write_many(self, messages: Iterable[Any]) -> list[str]:
         return self._run(self._channel.write_many(list(messages)))
+
+    def write_nowait(self, data: Any) -> Future[str]:
+        """Queue a message without blocking (see Channel.write_nowait); the returned
+        concurrent.futures.Future resolves to its event id."""
+        result: Future[str] = Future()
+
+        def copy(done: asyncio.Future[str]) -> None:
+            if done.cancelled():
+                result.cancel()
+            elif done.exception() is not None:
+                result.set_exception(done.exception())
+            else:
+                result.set_result(done.result())
+
+        async def queue() -> None:
+            self._channel.write_nowait(data).add_done_callback(copy)
+
+        self._run(queue())
+        return result
 
     def end(self, data: Any = None) -> str:
         return self._run(self._channel.end(data))

@@ -78,11 +78,26 @@ class Background:
         return self.submit(coroutine).result()
 
     def stop(self) -> None:
-        if not self.loop.is_running():
+        """Close the pool, stop and close the loop: nothing is left for the garbage collector
+        to warn about at interpreter exit (an unclosed loop, its self-pipe, a pending task)."""
+        if self.loop.is_closed():
             return
-        with contextlib.suppress(Exception):
-            self.submit(self.pool.close()).result(timeout=5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.loop.is_running():
+            with contextlib.suppress(Exception):
+                self.submit(self._shutdown()).result(timeout=5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:  # cancel watches and heartbeats of channels never closed
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pool.close()
+        await self.loop.shutdown_asyncgens()
 
 
 _lock = threading.Lock()

@@ -13,8 +13,8 @@ import contextlib
 import importlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -32,7 +32,6 @@ from worker.errors import (
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import PubSub
 
 log = logging.getLogger("unbroken.worker")
 
@@ -90,11 +89,14 @@ _HTTP_ERRORS: dict[int, type[WorkerError]] = {
 
 
 class HttpConnection:
-    """One aiohttp session (its connection pool) for every channel written over HTTP."""
+    """The aiohttp sessions every channel written over HTTP shares: one for requests, and one
+    without a connection limit for the long-lived cancel watches, so that watching many
+    channels never makes a write wait for a free connection."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -102,10 +104,19 @@ class HttpConnection:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         return self._session
 
+    @property
+    def watch_session(self) -> aiohttp.ClientSession:
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=self.timeout
+            )
+        return self._watch_session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
 
 def _http_error(status: int, payload: Any) -> Exception:
@@ -176,7 +187,7 @@ class HttpTransport:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         while True:
             try:
-                async with self._connection.session.get(
+                async with self._connection.watch_session.get(
                     self._root + "/events",
                     params={"only": "terminal"},
                     headers={"Authorization": self._headers["Authorization"]},
@@ -286,25 +297,14 @@ class RedisConnection:
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
         self.redis = connect_redis(url, timeout)
         self.prefix = prefix
-        self._pubsub: PubSub | None = None
+        self._pubsub: Any = None  # redis-py PubSub, or ClusterPubSub for a Cluster client
+        self._sharded = False  # SSUBSCRIBE (the scripts SPUBLISH) rather than SUBSCRIBE
+        self._ready = False  # subscribed to every watched channel
+        self._wanted = asyncio.Event()
+        self._closed = False
         self._listener: asyncio.Task[None] | None = None
         self._watchers: dict[str, dict[int, tuple[str, OnTerminal]]] = {}
         self._next_id = 0
-        # SSUBSCRIBE when the scripts SPUBLISH (Redis >= 7, see redis_layout.PRELUDE).
-        self._sharded: bool | None = None
-
-    async def _pubsub_command(self, subscribe: bool, *lives: str) -> None:
-        assert self._pubsub is not None
-        if self._sharded is None:
-            from broker.engine.redis_layout import sharded_pubsub
-
-            self._sharded = await sharded_pubsub(self.redis)
-        method: Callable[..., Awaitable[Any]]
-        if self._sharded:
-            method = self._pubsub.ssubscribe if subscribe else self._pubsub.sunsubscribe
-        else:
-            method = self._pubsub.subscribe if subscribe else self._pubsub.unsubscribe
-        await method(*lives)
 
     async def drop_connections(self) -> None:
         """Leave a demoted primary: pooled connections to it would keep answering READONLY."""
@@ -320,9 +320,10 @@ class RedisConnection:
         self._next_id += 1
         key = self._next_id
         self._watchers.setdefault(live, {})[key] = (channel_id, on_terminal)
+        self._wanted.set()
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
-        else:
+        elif self._ready:
             asyncio.get_running_loop().create_task(self._subscribe(live))
 
         def stop() -> None:
@@ -336,10 +337,10 @@ class RedisConnection:
         return stop
 
     async def _subscribe(self, live: str) -> None:
-        if self._pubsub is None:
-            return
+        if self._pubsub is None or not self._ready:
+            return  # the listener's resync subscribes it
         try:
-            await self._pubsub_command(True, live)
+            await self._add(self._pubsub, [live])
             await self._check_state(live)
         except Exception as exc:  # the listener resubscribes and re-checks after reconnecting
             log.debug("subscribe failed: %s", exc)
@@ -347,7 +348,32 @@ class RedisConnection:
     async def _unsubscribe(self, live: str) -> None:
         if self._pubsub is not None and live not in self._watchers:
             with contextlib.suppress(Exception):
-                await self._pubsub_command(False, live)
+                if self._sharded:
+                    await self._pubsub.sunsubscribe(live)
+                else:
+                    await self._pubsub.unsubscribe(live)
+
+    async def _sharded_pubsub(self) -> bool:
+        """Whether entries are published with SPUBLISH here: decided by the same check as the
+        scripts' (broker.engine.redis_layout.sharded_pubsub), so worker and broker agree."""
+        from broker.engine.redis_layout import sharded_pubsub
+
+        return await sharded_pubsub(self.redis)
+
+    async def _add(self, pubsub: Any, lives: list[str]) -> None:
+        if self._sharded:
+            await pubsub.ssubscribe(*lives)
+        else:
+            await pubsub.subscribe(*lives)
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        pubsub = self._pubsub
+        if self._sharded and hasattr(pubsub, "get_sharded_message"):
+            # A Cluster client keeps one connection per shard holding subscriptions.
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+        else:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        return cast("dict[str, Any] | None", message)
 
     async def _check_state(self, live: str) -> None:
         """A cancel published before the subscription took effect is read from the meta hash."""
@@ -368,31 +394,30 @@ class RedisConnection:
             asyncio.get_running_loop().create_task(self._unsubscribe(live))
 
     async def _listen(self) -> None:
-        """The one pub/sub reader: dispatches terminal entries of every watched channel."""
+        """The one pub/sub reader: dispatches terminal entries of every watched channel. It
+        lives as long as the connection, so a watch never races its shutdown."""
         delay = 0.2
         self._pubsub = self.redis.pubsub()
         resync = True
         try:
-            while self._watchers:
+            while not self._closed:
+                if not self._watchers:
+                    self._wanted.clear()
+                    await self._wanted.wait()
+                    continue
                 try:
                     if resync:
-                        # (Re)subscribe and re-read the states: notices published while the
-                        # connection was down are lost.
-                        lives = list(self._watchers)
-                        await self._pubsub_command(True, *lives)
-                        for live in lives:
-                            await self._check_state(live)
+                        await self._resync()
                         resync = False
-                    message = await self._pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=1.0
-                    )
+                    message = await self._next_message()
                     delay = 0.2
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     log.debug("pub/sub interrupted: %s", exc)
+                    self._ready = False
                     with contextlib.suppress(Exception):
-                        await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                        await self._pubsub.aclose()
                     self._pubsub = self.redis.pubsub()
                     resync = True
                     await asyncio.sleep(delay)
@@ -409,15 +434,35 @@ class RedisConnection:
             pubsub, self._pubsub = self._pubsub, None
             if pubsub is not None:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                    await pubsub.aclose()
+
+    async def _resync(self) -> None:
+        """(Re)subscribe every watched channel and re-read its state: notices published while
+        the connection was down (or before the subscription took effect) are not replayed."""
+        self._ready = False
+        self._sharded = await self._sharded_pubsub()
+        done: set[str] = set()
+        while todo := [live for live in self._watchers if live not in done]:
+            await self._add(self._pubsub, todo)
+            for live in todo:
+                await self._check_state(live)
+            done.update(todo)
+        self._ready = True  # from now on a new watch subscribes by itself
 
     async def close(self) -> None:
         self._watchers.clear()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-            self._listener = None
+        self._closed = True
+        self._wanted.set()
+        listener, self._listener = self._listener, None
+        # redis-py may swallow a cancellation that lands inside get_message(), so the flag
+        # ends the loop too; cancelling again covers a listener parked elsewhere.
+        for _ in range(20):  # bounded: closing must not hang on a stuck socket
+            if listener is None or listener.done():
+                break
+            listener.cancel()
+            await asyncio.wait([listener], timeout=0.1)
+        if listener is not None and listener.done() and not listener.cancelled():
+            listener.exception()  # retrieved: it was logged where it happened
         await self.redis.aclose()
 
 
@@ -443,13 +488,10 @@ class RedisTransport:
         return list(result.ids) or [str(result.last_event_id)]
 
     async def heartbeat(self) -> None:
-        from broker.engine import redis_layout
+        from broker.engine.redis_layout import heartbeat
 
-        beat = getattr(redis_layout, "heartbeat", None)
-        if beat is None:  # a broker without writer leases has nothing to extend
-            return
         try:
-            await beat(self._connection.redis, self._connection.prefix, self._channel_id)
+            await heartbeat(self._connection.redis, self._connection.prefix, self._channel_id)
         except Exception as exc:
             raise await self._map(exc) from exc
 
@@ -459,8 +501,7 @@ class RedisTransport:
     async def _map(self, exc: Exception) -> Exception:
         from broker.engine import base
 
-        cancelled = getattr(base, "ChannelCancelled", None)
-        if cancelled is not None and isinstance(exc, cancelled):
+        if isinstance(exc, base.ChannelCancelled):
             return ChannelCancelled(f"Channel {self._channel_id} was cancelled by the reader.")
         if isinstance(exc, base.ChannelNotFound):
             return ChannelExpiredError(

@@ -9,11 +9,12 @@ from __future__ import annotations
 import abc
 import functools
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from broker.events import TERMINAL_TYPES, Event, EventType, pack
+from broker.vocabulary import ChannelState
 
 # Events per append: one append is one Lua call (or one loop on the event loop), which blocks every
 # other client of that Redis (or this broker) while it runs.
@@ -126,7 +127,7 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
     id: str
-    state: str  # "open" | "ended" | "cancelled" (broker.vocabulary.ChannelState)
+    state: ChannelState
     created_at: int  # ms since the epoch
     updated_at: int
     messages: int  # events ever appended (including a terminal one)
@@ -279,6 +280,16 @@ class Engine(abc.ABC):
     def held_channels(self) -> int | None:
         """How many channels this process holds in its own memory (for --max-channels), or None
         when storage is elsewhere (Redis) and only the open rate is capped."""
+        return None
+
+    async def share_readers(self, counts: Mapping[str, Mapping[str, int]], ttl: float) -> None:
+        """Publish this process's readers per channel (transport -> count; empty: none left) for
+        other broker processes, valid `ttl` seconds. Engines without other processes ignore it."""
+        return None
+
+    async def readers_elsewhere(self, channel_id: str) -> dict[str, int] | None:
+        """Readers of the channel on OTHER broker processes, by transport (None: this engine
+        cannot know; there are none it shares storage with)."""
         return None
 
     @timed

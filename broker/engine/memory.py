@@ -31,7 +31,7 @@ from broker.engine.base import (
     writer_timeout_error,
 )
 from broker.events import Event, EventType, pack, parse_event_id
-from broker.vocabulary import CHANNEL_STATES
+from broker.vocabulary import CHANNEL_STATES, ChannelState
 
 SWEEP_INTERVAL = 1.0  # seconds between expiry sweeps
 
@@ -47,7 +47,7 @@ class _Channel:
     updated_at: int
     expires_at: float  # time.monotonic() deadline
     events: deque[Event]
-    state: str = "open"
+    state: ChannelState = "open"
     count: int = 0
     last_ms: int = 0
     last_seq: int = -1

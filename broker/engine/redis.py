@@ -8,7 +8,8 @@ entries to this process's readers is the LiveFeed's job (live_feed.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from broker.engine.base import (
@@ -52,6 +53,7 @@ from broker.engine.redis_layout import (
     heartbeat as heartbeat_channel,
 )
 from broker.events import EventType, parse_event_id
+from broker.vocabulary import TRANSPORTS, channel_state
 
 _T = TypeVar("_T")
 
@@ -103,6 +105,8 @@ class RedisEngine(Engine):
         self._durable_request = (durable_replicas, durable_timeout_ms)
         self.durability: Durability | None = None
         self.feed = LiveFeed(self._redis, prefix)
+        # Names this process's share of the reader counts (see share_readers).
+        self.instance = uuid.uuid4().hex[:12]
 
     @property
     def redis(self) -> Client:
@@ -182,7 +186,15 @@ class RedisEngine(Engine):
         # With a writer id and seq a retried batch is recognised as a duplicate, so it may be
         # retried whatever happened; without, only when Redis surely did not run it.
         return await self._retry(
-            lambda: run_append(self._redis, self.prefix, channel_id, items, writer=writer, seq=seq),
+            lambda: run_append(
+                self._redis,
+                self.prefix,
+                channel_id,
+                items,
+                writer=writer,
+                seq=seq,
+                durability=self.durability,
+            ),
             idempotent=writer is not None,
         )
 
@@ -321,6 +333,47 @@ class RedisEngine(Engine):
 
         return await self._retry(exists, idempotent=True)
 
+    # -- readers on every broker process ----------------------------------------------------
+
+    async def share_readers(self, counts: Mapping[str, Mapping[str, int]], ttl: float) -> None:
+        if not counts:
+            return
+        until = now_ms() + int(ttl * 1000)
+
+        async def share() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel_id, by_transport in counts.items():
+                    key = channel_keys(self.prefix, channel_id).readers
+                    if any(by_transport.values()):
+                        numbers = " ".join(str(by_transport.get(t, 0)) for t in TRANSPORTS)
+                        pipe.hset(key, self.instance, f"{until} {numbers}")
+                        pipe.pexpire(key, int(ttl * 1000))
+                    else:
+                        pipe.hdel(key, self.instance)
+                await pipe.execute()
+
+        await self._retry(share, idempotent=True)
+
+    async def readers_elsewhere(self, channel_id: str) -> dict[str, int] | None:
+        key = channel_keys(self.prefix, channel_id).readers
+        shares = await self._retry(lambda: self._redis.hgetall(key), idempotent=True)
+        now = now_ms()
+        total: dict[str, int] = dict.fromkeys(TRANSPORTS, 0)
+        stale = []
+        for raw_instance, raw in shares.items():
+            instance = _text(raw_instance)
+            if instance == self.instance:
+                continue  # this process counts its own readers live
+            fields = _text(raw).split()
+            if not fields or int(fields[0]) < now:
+                stale.append(instance)  # a broker that stopped refreshing (gone)
+                continue
+            for transport, number in zip(TRANSPORTS, fields[1:], strict=False):
+                total[transport] += int(number)
+        if stale:
+            await self._redis.hdel(key, *stale)
+        return total
+
     # -- live delivery: the feed's ----------------------------------------------------------
 
     @timed
@@ -338,7 +391,7 @@ def _info(channel_id: str, raw_meta: dict[Any, Any], pttl: int) -> ChannelInfo |
     meta = _meta_dict(raw_meta)
     return ChannelInfo(
         id=channel_id,
-        state=meta.get("state", "open"),
+        state=channel_state(meta.get("state", "open")),
         created_at=int(meta.get("created_at", 0)),
         updated_at=int(meta.get("updated_at", 0)),
         messages=int(meta.get("count", 0)),

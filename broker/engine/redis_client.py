@@ -18,6 +18,7 @@ how long, and when pooled connections must be dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 POOL_TIMEOUT = 10.0  # seconds a command waits for a free pooled connection before failing
 MAX_CONNECTIONS = 64
 SOCKET_TIMEOUT = 5.0  # a frozen server fails a command after this long (it is then retried)
+# A pooled connection idle this long is PINGed before use (and replaced if dead): after a Redis
+# restart every pooled connection is dead, and a command sent on one would fail with its reply
+# lost, which is not safely retried for a write.
+HEALTH_CHECK_INTERVAL = 1.0
 RETRY_DEADLINE = 15.0  # seconds an operation keeps retrying through a failover
 RETRY_MIN = 0.05
 RETRY_MAX = 1.0
@@ -109,6 +114,11 @@ class ObservedRedisCluster(RedisCluster):
 
 AnyRedis = ObservedRedis | ObservedRedisCluster
 
+# redis-py retries no command by itself (retry_on_error empty): failover retries are
+# retrying()'s job, which knows whether a command may run twice. Its Retry still serves the
+# health check: a dead idle connection is reconnected once before the command is sent.
+_NO_COMMAND_RETRY: dict[str, Any] = {"retry": Retry(NoBackoff(), 1), "retry_on_error": []}
+
 
 def _command_name(name: Any) -> str:
     return (name.decode() if isinstance(name, bytes) else str(name)).upper()
@@ -151,6 +161,7 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     opts.setdefault("socket_timeout", SOCKET_TIMEOUT)
     opts.setdefault("socket_connect_timeout", SOCKET_TIMEOUT)
+    opts.setdefault("health_check_interval", HEALTH_CHECK_INTERVAL)
     if query.pop("decode_responses", "").lower() in ("1", "true", "yes", "on") or opts.get(
         "decode_responses"
     ):
@@ -164,10 +175,14 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
         userinfo, hosts = _hosts(parts.netloc, 6379)
         options = _options(base, userinfo, hosts[0], "", rest)
         options.pop("path", None)
+        # No command retry in the client either (it would repeat a write whose reply was
+        # lost); MOVED/ASK redirects are followed regardless, and after a connection error the
+        # client re-reads the slot map on its next command, which retrying() sends.
         return ObservedRedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in hosts],
             max_connections=max_connections,
             decode_responses=False,
+            retry=Retry(NoBackoff(), 0),
             **{**options, **opts},
         )
     if scheme in ("redis+sentinel", "rediss+sentinel"):
@@ -200,7 +215,7 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
             redis_class=ObservedRedis,
             db=db,
             decode_responses=False,
-            retry=Retry(NoBackoff(), 0),
+            **_NO_COMMAND_RETRY,
             **{**options, **opts},
         )
         return cast(ObservedRedis, client)
@@ -210,13 +225,8 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
             "redis+cluster:// or redis+sentinel://"
         )
     plain = parts._replace(query=rest).geturl()
-    # Failover retries are retrying()'s job, which knows whether a command may run twice.
     pool = BlockingConnectionPool.from_url(
-        plain,
-        max_connections=max_connections,
-        timeout=POOL_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-        **opts,
+        plain, max_connections=max_connections, timeout=POOL_TIMEOUT, **_NO_COMMAND_RETRY, **opts
     )
     return cast(ObservedRedis, ObservedRedis.from_pool(pool))
 
@@ -248,7 +258,7 @@ async def drop_stale_connections(client: Any, exc: BaseException) -> None:
     of a managed endpoint is resolved again). The cluster client re-reads the slot map itself."""
     if is_cluster(client):
         if isinstance(exc, ReadOnlyError) or "READONLY" in str(exc):
-            with _suppress():
+            with contextlib.suppress(RedisError, OSError):
                 await client.nodes_manager.initialize()
         return
     pool = getattr(client, "connection_pool", None)
@@ -256,19 +266,8 @@ async def drop_stale_connections(client: Any, exc: BaseException) -> None:
         # All of them after READONLY (every one points at the demoted node); else the idle ones
         # (a restart left them all dead, and the broken one is gone already).
         readonly = isinstance(exc, ReadOnlyError) or "READONLY" in str(exc)
-        with _suppress():
+        with contextlib.suppress(RedisError, OSError):
             await pool.disconnect(inuse_connections=readonly)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
-        if isinstance(exc, RedisError | OSError):
-            log.debug("ignored while dropping connections: %s", exc)
-            return True
-        return False
 
 
 _T = TypeVar("_T")
@@ -299,7 +298,8 @@ async def retrying(
             retry = not durable_timeout and (not_run(exc) or (idempotent and transient(exc)))
             if not retry or time.monotonic() + delay > give_up:
                 raise
-            log.info("redis: %s; retrying in %.2fs", exc.__class__.__name__, delay)
+            # Debug: an outage's one WARNING per interval is broker/errors.py's job.
+            log.debug("redis: %s; retrying in %.2fs", exc.__class__.__name__, delay)
             await drop_stale_connections(client, exc)
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX)

@@ -129,6 +129,9 @@ class ChannelKeys:
     meta: str  # hash: state, created_at, updated_at, count, last_id, dropped_until, limits
     writers: str  # hash: writer id -> "<last seq> <last event id>"
     live: str  # pub/sub channel (not a key): "<id>\n<type>\n<msgpack data>" per new entry
+    # hash: broker instance id -> "<valid until, ms> <sse> <chunked> <ws> <poll>" (readers per
+    # broker process; has its own TTL, refreshed by each broker)
+    readers: str
 
     @property
     def stored(self) -> tuple[str, str, str]:
@@ -143,6 +146,7 @@ def channel_keys(prefix: str, channel_id: str) -> ChannelKeys:
         meta=f"{base}:meta",
         writers=f"{base}:writers",
         live=f"{base}:live",
+        readers=f"{base}:readers",
     )
 
 

@@ -65,6 +65,11 @@ class Framer(abc.ABC):
     async def start(self, gap: str | None) -> None:
         """The stream's head; `gap` is the oldest retained id when events were dropped."""
 
+    def started(self) -> None:  # most framings keep nothing for the start only
+        """The head is written: drop what only the start needed (a long-lived reader should
+        hold as little as possible)."""
+        return
+
     @abc.abstractmethod
     async def events(self, events: Sequence[Event]) -> None: ...
 
@@ -99,6 +104,11 @@ class SSEFramer(Framer):
         if gap is not None:
             head += f"event: gap\ndata: {dumps({'first_id': gap})}\n\n".encode()
         await self.response.write(head)
+
+    def started(self) -> None:
+        # The headers were sent with the head; aiohttp reads them no more (the body's end
+        # only needs the chunked flag), and an idle reader holds them for hours.
+        self.response.headers.clear()
 
     async def events(self, events: Sequence[Event]) -> None:
         await self.response.write(b"".join(event.sse for event in events))
@@ -141,6 +151,9 @@ class WSFramer(Framer):
     async def start(self, gap: str | None) -> None:
         if gap is not None:
             await self.ws.send_str(dumps({"type": "gap", "first_id": gap}))
+
+    def started(self) -> None:
+        self.ws.headers.clear()  # sent with the 101; nothing reads them again
 
     async def events(self, events: Sequence[Event]) -> None:
         for event in events:

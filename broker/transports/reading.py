@@ -7,7 +7,6 @@ replay wait in its queue and are dropped there if the replay already handed them
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from broker.errors import ApiError
 from broker.events import Event, id_before, parse_event_id
 from broker.hub import Closed, Socket, Subscriber, as_socket
 from broker.transports.framing import Framer
+from broker.vocabulary import Transport
 
 # Replay reads the backlog in pages bounded by count and by stored bytes, and writes each page
 # in slices that wait for the socket to drain, so a reader costs the broker about one page and
@@ -66,9 +66,13 @@ def authorize_reader(request: web.Request) -> tuple[BrokerContext, str, str | No
 
 
 def socket_of(request: web.Request) -> Socket:
+    """The socket of a reader whose stream has started. The connection closes when the stream
+    ends (readers reconnect anyway), so aiohttp's keep-alive timer, which would sit in the
+    loop for an hour per idle reader, is dropped now."""
     socket = as_socket(request.transport)
     if socket is None:  # the connection is already gone
         raise ConnectionResetError("the reader's connection closed")
+    request.protocol.keep_alive(False)
     return socket
 
 
@@ -123,7 +127,7 @@ async def start_reading(
     ctx: BrokerContext,
     channel_id: str,
     after: str | None,
-    transport: str,
+    transport: Transport,
     *,
     terminal_only: bool = False,
 ) -> Reading:
@@ -232,24 +236,20 @@ async def forward(reading: Reading, framer: Framer, duration: float | None) -> N
     """
     hub = reading.ctx.hub
     await framer.start(reading.gap)
-    stall = reading.ctx.settings.stall_timeout
+    framer.started()
+    subscriber = reading.subscriber
+    # From here the hub watches the socket: one whose unsent bytes do not move for the stall
+    # timeout is aborted, which makes the write this handler waits on (a replay slice, queued
+    # events, the goodbye) raise. Direct writes wait until the handler parks in next_batch().
+    subscriber.attach(framer)
     async for page in reading.backlog():
         for part in _slices(page):
-            try:
-                # Each slice waits for the socket to drain; a socket that takes nothing for
-                # `stall` seconds is a stalled reader, dropped as a live one would be.
-                async with asyncio.timeout(stall):
-                    await framer.events(part)
-            except TimeoutError:
-                _drop_stalled(reading, framer)
-                return
+            await framer.events(part)  # each slice waits for the socket to drain
         if page[-1].terminal:
             await framer.end(page[-1])
             return
     reading.first = _DONE  # the first page is sent; do not hold it for the connection's life
-    subscriber = reading.subscriber
     subscriber.beat = hub.beat
-    subscriber.attach(framer)
     deadline = None if duration is None else time.monotonic() + duration
     while True:
         wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -267,21 +267,6 @@ async def forward(reading: Reading, framer: Framer, duration: float | None) -> N
         elif deadline is not None and time.monotonic() >= deadline:
             await framer.reconnect("max_duration")
             return
-
-
-def _drop_stalled(reading: Reading, framer: Framer) -> None:
-    """Disconnect a reader that stopped reading mid-replay. Nothing more can reach it (its
-    socket is full), so the connection is aborted, which frees what the socket buffered; it
-    resumes from its last id when it reads again."""
-    reading.subscriber.close("slow_consumer")
-    reading.ctx.hub.slow_consumers += 1
-    abort = getattr(framer.socket, "abort", None)
-    if abort is not None:
-        abort()
-    log.info(
-        "reader stalled during replay; disconnected (slow_consumer)",
-        extra={"channel": reading.channel_id, "transport": reading.subscriber.transport},
-    )
 
 
 _DONE = ReadResult(events=[], gap=None, ended=False)

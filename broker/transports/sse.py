@@ -25,6 +25,11 @@ SSE_HEADERS = {
 CHUNKED_DEFAULT_MAX_DURATION = 50.0  # below WeChat's ~60 s cut of chunked requests
 
 
+class _Stream(web.StreamResponse):
+    # Headers go out with the stream's head, in one write: one syscall per reader, not two.
+    _send_headers_immediately = False
+
+
 def max_duration(request: web.Request, default: float | None) -> float | None:
     raw = request.query.get("max_duration")
     if raw is None:
@@ -65,7 +70,7 @@ async def _serve(
     try:
         if reading.nothing_left:
             return web.Response(status=204)
-        response = web.StreamResponse(headers={**SSE_HEADERS, **heartbeat_header(ctx)})
+        response = _Stream(headers={**SSE_HEADERS, **heartbeat_header(ctx)})
         if request.version >= HttpVersion11:  # HTTP/1.0 readers get the stream until close
             response.enable_chunked_encoding()
         await response.prepare(request)

@@ -14,6 +14,7 @@ from aiohttp import WSMsgType, web
 from broker import metrics
 from broker.errors import ApiError, as_api_error, error_body, error_response
 from broker.events import dumps
+from broker.health import require_engine
 from broker.transports.framing import WS_CLOSE_TIMEOUT, WSFramer
 from broker.transports.reading import (
     Reading,
@@ -29,6 +30,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # Uncompressed, so the hub can write each event's cached frame straight to the socket.
     socket = web.WebSocketResponse(max_msg_size=64 * 1024, compress=False, timeout=WS_CLOSE_TIMEOUT)
     try:
+        await require_engine(request)  # fail fast while the engine is known to be down
         ctx, channel_id, after = authorize_reader(request)
         reading = await start_reading(ctx, channel_id, after, "ws")
     except Exception as exc:

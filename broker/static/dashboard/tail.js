@@ -1,11 +1,10 @@
 // Live tail of one channel for the dashboard.
 //
-// Preferred: the JS SDK's building blocks (SseParser, Deduper from the `unbroken-channel`
-// package), loaded from its ESM build, which the broker serves at /dashboard/sdk/ when
-// client_sdk/js/dist/esm exists (run `npm run build` in client_sdk/js). We stream /events with
-// fetch so the read token travels in a header, and resume from the last id after any drop.
-// SSEChannel itself is not used: it opens a new channel, and the dashboard attaches to an
-// existing one.
+// Preferred: the JS SDK itself (`SSEChannel.attach` from the `unbroken-channel` package), loaded
+// from its ESM build, which the broker serves at /dashboard/sdk/ when client_sdk/js/dist/esm
+// exists (run `npm run build` in client_sdk/js). attach() joins the existing channel with a read
+// token and resumes from the last id after any drop, on whichever transport works, exactly as an
+// app does; when the token expires, the tail attaches again with a fresh one.
 //
 // Fallback, when the build is absent (the dashboard must work without a build step): the
 // browser's EventSource, which resumes by itself with Last-Event-ID; the token goes in ?token=.
@@ -18,7 +17,7 @@ async function loadSdk() {
   if (new URLSearchParams(location.search).get('tail') === 'eventsource') return null;
   try {
     const sdk = await import('/dashboard/sdk/index.js');
-    return sdk.SseParser && sdk.Deduper ? sdk : null;
+    return sdk.SSEChannel && typeof sdk.SSEChannel.attach === 'function' ? sdk : null;
   } catch {
     return null; // 404: the SDK is not built on this broker
   }
@@ -33,62 +32,41 @@ export async function tail({ channelId, lastId, getToken, onEvent, onMode }) {
   const sdk = await loadSdk();
   const url = `/v1/channels/${encodeURIComponent(channelId)}/events`;
   return sdk
-    ? tailWithSdk(sdk, url, lastId, getToken, onEvent, onMode)
+    ? tailWithSdk(sdk, channelId, lastId, getToken, onEvent, onMode)
     : tailWithEventSource(url, lastId, getToken, onEvent, onMode);
 }
 
-function tailWithSdk(sdk, url, lastId, getToken, onEvent, onMode) {
-  const dedupe = new sdk.Deduper(lastId || undefined);
-  const controller = new AbortController();
+function tailWithSdk(sdk, channelId, lastId, getToken, onEvent, onMode) {
+  let channel = null;
   let stopped = false;
-  let ended = false;
-  let delay = 500;
-  onMode('live · JS SDK (fetch + SseParser)');
+  let last = lastId || undefined;
+  onMode('live · JS SDK (SSEChannel)');
 
-  const parser = new sdk.SseParser({
-    comment() {},
-    event(ev) {
-      if (ev.event === 'gap') onEvent({ type: 'gap', data: JSON.parse(ev.data) });
-      // `reconnect` needs nothing here: the broker closes the stream next and we resume.
-      if (!['message', 'end', 'error', 'cancelled'].includes(ev.event) || !dedupe.accept(ev.id)) return;
-      onEvent({ id: ev.id, type: ev.event, data: JSON.parse(ev.data) });
-      if (TERMINAL.has(ev.event)) ended = true;
-    },
-  });
-
-  (async () => {
-    let token = await getToken();
-    while (!stopped && !ended) {
-      const query = dedupe.lastId ? `?last_event_id=${encodeURIComponent(dedupe.lastId)}` : '';
-      try {
-        const res = await fetch(url + query, {
-          headers: { Authorization: `Bearer ${token}` },
-          signal: controller.signal,
-        });
-        if (res.status === 204) { ended = true; break; }
-        if (res.status === 401 || res.status === 403) token = await getToken();
-        else if (res.status === 410 || res.status === 404) { onMode('channel gone'); return; }
-        else if (res.ok && res.body) {
-          delay = 500;
-          const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-          for (;;) {
-            const { value, done } = await reader.read();
-            if (done) break;
-            parser.feed(value);
-          }
-          parser.reset();
-          continue; // closed after an end, a reconnect notice or max_duration: resume at once
-        }
-      } catch (err) {
-        if (stopped) return;
+  const follow = async () => {
+    const readToken = await getToken();
+    if (stopped) return;
+    channel = sdk.SSEChannel.attach({ broker: location.origin, channel: channelId, readToken, lastEventId: last });
+    const ch = channel;
+    // Terminal events carry no id of their own in the SDK's callbacks: the channel's last id is it.
+    ch.on('message', (data, meta) => { last = meta.id; onEvent({ id: meta.id, type: 'message', data }); });
+    ch.on('gap', (data) => onEvent({ type: 'gap', data }));
+    ch.on('transport', (wire, adapter) => onMode(`live · JS SDK (SSEChannel, ${wire} via ${adapter})`));
+    ch.on('end', (data) => { onEvent({ id: ch.lastEventId, type: 'end', data }); onMode('ended'); });
+    ch.on('cancelled', (data) => { onEvent({ id: ch.lastEventId, type: 'cancelled', data }); onMode('cancelled'); });
+    ch.on('error', (err) => {
+      if (err.code === 'channel_error') {
+        onEvent({ id: ch.lastEventId, type: 'error', data: err.data });
+        onMode('ended');
+      } else if (/^token_/.test(err.code) && !stopped) {
+        follow(); // the read token expired: attach again with a fresh one, from the last id
+      } else {
+        onMode(err.code === 'channel_gone' ? 'channel gone' : `stopped: ${err.code}`);
       }
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 10_000);
-    }
-    if (ended) onMode('ended');
-  })();
-
-  return () => { stopped = true; controller.abort(); };
+    });
+    await ch.open();
+  };
+  follow().catch((err) => onMode(`stopped: ${err.message}`));
+  return () => { stopped = true; if (channel) channel.close(); };
 }
 
 function tailWithEventSource(url, lastId, getToken, onEvent, onMode) {

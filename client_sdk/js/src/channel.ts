@@ -1,117 +1,20 @@
-import type { BackoffOptions } from './backoff.js';
 import { Connector } from './connector.js';
+import { Delivery } from './delivery.js';
 import { Emitter } from './emitter.js';
 import { UnbrokenError, httpError } from './errors.js';
-import { detectHost, globalEnv, type AppStateLike, type Env, type Host, type WebSocketCtor } from './host.js';
+import { detectHost, globalEnv, type Env, type Host } from './host.js';
 import { httpRequest } from './http.js';
 import { Deduper } from './ids.js';
-import { ChannelIterator } from './iterator.js';
 import { watchLifecycle } from './lifecycle.js';
-import type { TransportMemory } from './memory.js';
 import { createChannel, type OpenResponse } from './opening.js';
+import type { AttachOptions, CancelledInfo, ChannelEvents, ChannelToken, SSEChannelOptions } from './options.js';
 import { detectStorage, readSaved, writeSaved, type ChannelStorage, type SavedChannel } from './persist.js';
 import { State, isFinal, type ChannelState } from './state.js';
 import { ADAPTERS, AUTO_ORDER, WIRE_ADAPTERS, type AdapterName, type Transport, type TransportName } from './transports/index.js';
 import type { ChannelUrls, WireEvent } from './transports/types.js';
 
 export type { ChannelState };
-
-export interface ChannelToken {
-  unbroken: 1;
-  broker: string;
-  channel: string;
-  token: string;
-}
-
-export interface Timeouts {
-  /** ms for `POST /v1/channels` (default 15000). */
-  open?: number;
-  /** ms a transport has to deliver its first byte before the next one is tried (default 8000). */
-  firstByte?: number;
-  /** ms of silence (no byte, no heartbeat) that means a dead connection (default 2.5 x heartbeat). */
-  idle?: number;
-  /** s one chunked/XHR/EventSource request may live before it resumes (default 50). */
-  window?: number;
-  /** s the broker may hold a long-poll (default 25). */
-  poll?: number;
-  /** ms before the preferred transport is tried again after a fallback (default 2000, doubling to 5 min). */
-  upgrade?: number;
-}
-
-export interface SSEChannelOptions {
-  /** Base URL of the broker, e.g. `https://broker.example.com`. */
-  broker: string;
-  /** Client-chosen channel name (`^[A-Za-z0-9_.:-]{1,128}$`); generated when absent. */
-  name?: string;
-  /**
-   * `auto` (default) picks by capability and falls back; or a wire transport (`sse`, `chunked`,
-   * `ws`, `poll`), an adapter (`fetch`, `eventsource`, `xhr`, `mp-request`, `websocket`), or an
-   * ordered list of them.
-   */
-  transport?: 'auto' | TransportName | AdapterName | (TransportName | AdapterName)[];
-  /** Extra headers for every request (where the host lets us set them). */
-  headers?: Record<string, string>;
-  /** App key for brokers whose open policy is `key`: a string or a (possibly async) provider. */
-  token?: string | (() => string | Promise<string>);
-  timeouts?: Timeouts;
-  backoff?: BackoffOptions;
-  /** Host APIs to use instead of the globals (tests, or a custom fetch). */
-  env?: Env;
-  /** WebSocket constructor for Node < 22: `import WebSocket from 'ws'`. */
-  WebSocket?: WebSocketCtor;
-  /** Resume on app show / page visible / network back (default true). */
-  lifecycle?: boolean;
-  /** React Native: pass `AppState` from 'react-native' so foregrounding resumes at once. */
-  appState?: AppStateLike;
-  /** Share one `new TransportMemory()` between an app's channels to start on what worked last. */
-  memory?: TransportMemory;
-  /**
-   * Save `{broker, channel, readToken, lastEventId}` under this key while the channel runs, so
-   * `SSEChannel.restore({broker, persist: key})` rejoins it after the app was killed. Removed
-   * when the channel ends, is cancelled or closed.
-   */
-  persist?: string;
-  /** Where `persist` saves (default: uni/wx/my/tt `*StorageSync`, else `localStorage`). */
-  storage?: ChannelStorage;
-  /** Current time in ms (default `Date.now`); tests inject a clock. */
-  clock?: () => number;
-}
-
-export interface AttachOptions extends SSEChannelOptions {
-  /** Id of the existing channel. */
-  channel: string;
-  /** Its read token (`channel.readToken` of the one that opened it). */
-  readToken: string;
-  /** Resume after this id (default: from the start of the channel's history). */
-  lastEventId?: string;
-  /** The broker's heartbeat in s, when known (sizes the watchdog; default 15). */
-  heartbeat?: number;
-}
-
-export interface MessageMeta {
-  id?: string;
-  /** The wire transport that delivered it: `sse`, `chunked`, `ws` or `poll`. */
-  transport: TransportName;
-  /** How this SDK spoke it here (`fetch`, `websocket`, `mp-request`, ...). */
-  adapter: AdapterName;
-}
-
-export interface CancelledInfo {
-  reason: string | null;
-}
-
-/** Every event a channel emits, with its listener's signature. */
-export interface ChannelEvents {
-  message: (data: any, meta: MessageMeta) => void;
-  end: (data: any) => void;
-  cancelled: (info: CancelledInfo) => void;
-  error: (err: UnbrokenError) => void;
-  state: (state: ChannelState) => void;
-  open: () => void;
-  close: () => void;
-  gap: (info: { first_id: string }) => void;
-  transport: (name: TransportName, adapter: AdapterName) => void;
-}
+export type { AttachOptions, CancelledInfo, ChannelEvents, ChannelToken, MessageMeta, SSEChannelOptions, Timeouts } from './options.js';
 
 /**
  * A channel on an Unbroken broker with the API of uniCloud's SSEChannel: open it, hand
@@ -144,8 +47,10 @@ export class SSEChannel extends Emitter<ChannelEvents> implements AsyncIterable<
   private hideCount = 0;
   private showWaiters: (() => void)[] = [];
   private unwatch: (() => void) | undefined;
-  private backlog: { data: unknown; meta: MessageMeta }[] = [];
-  private readonly iterators = new Set<ChannelIterator>();
+  private readonly delivery = new Delivery(
+    () => this.listenerCount('message'),
+    (data, meta) => this.emit('message', data, meta),
+  );
 
   constructor(opts: SSEChannelOptions) {
     super();
@@ -250,17 +155,12 @@ export class SSEChannel extends Emitter<ChannelEvents> implements AsyncIterable<
   }
 
   [Symbol.asyncIterator](): AsyncIterator<unknown> {
-    const it = new ChannelIterator(() => this.iterators.delete(it));
-    for (const item of this.backlog) it.push(item.data);
-    this.backlog = [];
-    if (isFinal(this.state)) it.end();
-    else this.iterators.add(it);
-    return it;
+    return this.delivery.iterator(isFinal(this.state));
   }
 
   on<K extends keyof ChannelEvents>(event: K, fn: ChannelEvents[K]): this {
     super.on(event, fn);
-    if (event === 'message' && this.backlog.length) this.flushBacklog();
+    if (event === 'message') this.delivery.flush();
     return this;
   }
 
@@ -396,7 +296,7 @@ export class SSEChannel extends Emitter<ChannelEvents> implements AsyncIterable<
     switch (ev.type) {
       case 'message':
         if (!this.dedupe.accept(ev.id)) return;
-        this.deliver(ev.data, { id: ev.id, transport: transport.wire, adapter: transport.name });
+        this.delivery.deliver(ev.data, { id: ev.id, transport: transport.wire, adapter: transport.name });
         this.save();
         return;
       case 'end':
@@ -434,22 +334,6 @@ export class SSEChannel extends Emitter<ChannelEvents> implements AsyncIterable<
     this.emit('close');
   }
 
-  private deliver(data: unknown, meta: MessageMeta): void {
-    if (!this.listenerCount('message') && !this.iterators.size) {
-      // Nobody listens yet (messages raced ahead of `for await`): keep them, bounded.
-      if (this.backlog.length < 10000) this.backlog.push({ data, meta });
-      return;
-    }
-    for (const it of this.iterators) it.push(data);
-    this.emit('message', data, meta);
-  }
-
-  private flushBacklog(): void {
-    const items = this.backlog;
-    this.backlog = [];
-    for (const item of items) this.emit('message', item.data, item.meta);
-  }
-
   private fail(err: UnbrokenError): void {
     this.finish(State.Closed, err);
     this.emit('error', err);
@@ -463,8 +347,7 @@ export class SSEChannel extends Emitter<ChannelEvents> implements AsyncIterable<
     this.unwatch = undefined;
     this.setState(state);
     this.save();
-    for (const it of this.iterators) (err ? it.fail(err) : it.end());
-    this.iterators.clear();
+    this.delivery.finish(err);
   }
 
   /** Keep the persisted record in step: present while the channel runs, gone once it is over. */

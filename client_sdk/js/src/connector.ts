@@ -212,6 +212,8 @@ export class Connector {
     } else if (err || now - this.connectedAt < 1000) {
       delay = this.backoff.next();
     }
+    // The broker's Retry-After (429, 503 while draining) is the least delay (conformance/status.json).
+    if (err && err.retryAfter !== undefined) delay = Math.max(delay, err.retryAfter);
     this.sink.down();
     this.retryTimer = setTimeout(() => this.connect(), delay);
   }

@@ -9,6 +9,7 @@ export type { CancelInfo, WriteResult, WriterOptions } from './writer.js';
 export { UnbrokenError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export type { AdapterName, TransportName } from './transports/types.js';
+export { WIRE_TRANSPORTS } from './transports/index.js';
 export type { Env } from './host.js';
 // Building blocks, exported for tests, custom transports and the broker's dashboard.
 export { Utf8Decoder } from './utf8.js';

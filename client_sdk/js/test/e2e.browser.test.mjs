@@ -130,3 +130,56 @@ test('chromium: page hidden then visible resumes at once from the last id (a fro
     await page.close();
   }
 });
+
+test("chromium: the browser's online event resumes at once instead of waiting out the backoff", { skip }, async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  try {
+    // A 60 s backoff (at least 15 s per wait): only the online event can explain a quick resume.
+    await page.goto(`http://127.0.0.1:${site.address().port}/?broker=${encodeURIComponent(proxy.url)}&transport=fetch&backoff=60000`);
+    await page.waitForFunction(() => window.testState && window.testState.token, null, { timeout: 15000 });
+    const token = await page.evaluate(() => window.testState.token);
+    const writing = pythonWrite(JSON.parse(token), 200, { delay: 0.01 });
+    await page.waitForFunction(() => window.testState.count >= 50, null, { timeout: 20000 });
+    await context.setOffline(true); // the phone loses its network...
+    proxy.cut(); // ...and with it the stream
+    await page.waitForFunction(() => window.testState.states.includes('reconnecting'), null, { timeout: 10000 });
+    await writing;
+    const t0 = Date.now();
+    await context.setOffline(false); // the network is back: Chromium fires `online`
+    await page.waitForFunction(() => window.testState.ended, null, { timeout: 15000 });
+    const elapsed = Date.now() - t0;
+    const items = await page.$$eval('#out li', (lis) => lis.map((li) => JSON.parse(li.textContent)));
+    assert.equal(items.length, 200);
+    items.forEach((m, i) => assert.deepEqual(m, expectedMessage(i)));
+    assert.ok(elapsed < 4000, `resumed ${elapsed} ms after the network came back (the backoff alone waits >= 15 s)`);
+  } finally {
+    await context.close();
+  }
+});
+
+test('chromium: a page reloaded mid-answer rejoins its channel (persist in localStorage) and shows it all', { skip }, async () => {
+  const page = await browser.newPage();
+  try {
+    const url = `http://127.0.0.1:${site.address().port}/?broker=${encodeURIComponent(proxy.url)}&transport=auto&persist=answer`;
+    await page.goto(url);
+    await page.waitForFunction(() => window.testState && window.testState.token, null, { timeout: 15000 });
+    const token = await page.evaluate(() => window.testState.token);
+    assert.equal(await page.evaluate(() => window.testState.restored), false);
+    const saved = JSON.parse(await page.evaluate(() => localStorage.getItem('unbroken:answer')));
+    assert.equal(saved.channel, JSON.parse(token).channel);
+    const writing = pythonWrite(JSON.parse(token), 200, { delay: 0.01 });
+    await page.waitForFunction(() => window.testState.count >= 50, null, { timeout: 20000 });
+    await page.reload(); // the user reloads while the answer is still streaming
+    await page.waitForFunction(() => window.testState && window.testState.token, null, { timeout: 15000 });
+    assert.equal(await page.evaluate(() => window.testState.restored), true, 'the reloaded page found its channel');
+    await writing;
+    await page.waitForFunction(() => window.testState.ended, null, { timeout: 30000 });
+    const items = await page.$$eval('#out li', (lis) => lis.map((li) => JSON.parse(li.textContent)));
+    assert.equal(items.length, 200, 'the whole answer, exactly once, after the reload');
+    items.forEach((m, i) => assert.deepEqual(m, expectedMessage(i)));
+    assert.equal(await page.evaluate(() => localStorage.getItem('unbroken:answer')), null, 'forgotten once ended');
+  } finally {
+    await page.close();
+  }
+});

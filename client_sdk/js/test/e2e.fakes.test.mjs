@@ -170,3 +170,30 @@ test('uni H5 forced chunked: Uint8Array chunks, killed at timeout, still exact',
   await c.done;
   assertExactlyOnce(assert, c.messages, 300);
 });
+
+test('wx: open() whose POST is interrupted in background (fail interrupted) is sent again on show', async () => {
+  const { startProxy } = await import('./helpers.mjs');
+  const px = await startProxy(broker.port);
+  try {
+    const rt = wxRuntime({ interruptAfterMs: 100 });
+    const ch = new SSEChannel({ broker: px.url, env: rt.env, timeouts: { poll: 2 }, backoff: { base: 50, max: 500 } });
+    px.pause(); // the POST reaches nothing while the user switches away
+    let failed;
+    const started = rt.req.stats.started;
+    const opening = ch.open().catch((e) => (failed = e));
+    await until(() => rt.req.stats.started === started + 1, { what: 'the POST' });
+    rt.host.hide(); // WeChat interrupts requests of a hidden app ("request:fail interrupted")
+    await until(() => rt.host.interruptedNow, { what: 'the interruption' });
+    px.resume();
+    rt.host.show();
+    await opening;
+    assert.equal(failed, undefined, 'open() did not reject: ' + (failed && failed.code));
+    assert.ok(rt.req.stats.started >= started + 2, 'the POST was sent again');
+    const c = collect(ch, { timeout: 30000 });
+    await pythonWrite(ch.toJSON(), 50);
+    await c.done;
+    assertExactlyOnce(assert, c.messages, 50);
+  } finally {
+    await px.close();
+  }
+});

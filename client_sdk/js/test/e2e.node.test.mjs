@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { SSEChannel, deserializeChannel } from '../dist/esm/index.js';
-import { startBroker, startProxy, pythonWrite, collect, assertExactlyOnce } from './helpers.mjs';
+import { startBroker, startProxy, pythonWrite, collect, assertExactlyOnce, until } from './helpers.mjs';
 
 let broker;
 let proxy;
@@ -229,4 +229,102 @@ test('open policy "key": the token provider supplies the app key; without it ope
   } finally {
     await keyed.stop();
   }
+});
+
+test('after a fallback the preferred transport comes back: one socket error does not pin the channel to long-poll', async () => {
+  // A proxy that refuses WebSocket upgrades while `blockWs` is set (a middlebox hiccup), and
+  // counts long-poll requests.
+  const net = await import('node:net');
+  let blockWs = true;
+  let polls = 0;
+  const server = net.createServer((client) => {
+    client.once('data', (first) => {
+      const head = first.toString('latin1');
+      if (/^GET [^ ]*\/poll/.test(head)) polls++;
+      if (blockWs && /upgrade: websocket/i.test(head)) return client.destroy();
+      const upstream = net.connect(broker.port, '127.0.0.1', () => upstream.write(first));
+      client.pipe(upstream).pipe(client);
+      const end = () => (client.destroy(), upstream.destroy());
+      client.on('error', end).on('close', end);
+      upstream.on('error', end).on('close', end);
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const ch = new SSEChannel({
+      broker: `http://127.0.0.1:${server.address().port}`,
+      transport: ['websocket', 'poll'],
+      WebSocket,
+      timeouts: { poll: 2, upgrade: 300 },
+      backoff: { base: 50, max: 500 },
+    });
+    const adapters = [];
+    ch.on('transport', (_wire, adapter) => adapters.push(adapter));
+    await ch.open();
+    const c = collect(ch, { timeout: 60000 });
+    const writing = pythonWrite(ch.toJSON(), 1000, { delay: 0.002 });
+    await until(() => ch.adapter === 'poll', { timeout: 10000, what: 'the fallback to long-poll' });
+    blockWs = false; // the hiccup is over
+    await until(() => ch.adapter === 'websocket', { timeout: 10000, what: 'the way back to WebSocket' });
+    const pollsAtReturn = polls;
+    await writing;
+    await c.done;
+    assertExactlyOnce(assert, c.messages, 1000);
+    assert.deepEqual(adapters.slice(0, 2), ['poll', 'websocket']);
+    assert.equal(polls, pollsAtReturn, 'no long-poll once WebSocket works again');
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+});
+
+/** A ChannelStorage over a Map (what uni.setStorageSync / localStorage give an app). */
+function mapStorage(data = new Map()) {
+  return { data, get: (k) => data.get(k), set: (k, v) => data.set(k, v), remove: (k) => data.delete(k) };
+}
+
+for (const fromStart of [false, true]) {
+  test(`resume after an app restart (persist + restore${fromStart ? ', fromStart' : ''}): the rest of the answer, exactly once`, async () => {
+    const disk = mapStorage();
+    const first = new SSEChannel({ broker: broker.url, transport: 'fetch', persist: 'answer', storage: disk });
+    const before = [];
+    first.on('message', (d) => before.push(d));
+    await first.open();
+    const w = deserializeChannel(first);
+    for (let i = 0; i < 5; i++) await w.write(i);
+    await until(() => before.length === 5, { what: 'the first 5 messages' });
+    // The app is killed here: only what was on disk survives (close() would forget the record).
+    const survived = mapStorage(new Map(disk.data));
+    first.close();
+    for (let i = 5; i < 10; i++) await w.write(i); // the backend keeps writing meanwhile
+    await w.end('done');
+    const again = SSEChannel.restore({ broker: broker.url, transport: 'websocket', WebSocket, persist: 'answer', storage: survived, fromStart });
+    assert.ok(again, 'the saved channel was found');
+    const c = collect(again);
+    await again.open();
+    assert.equal(await c.done, 'done');
+    assert.deepEqual(c.messages, fromStart ? [...before, 5, 6, 7, 8, 9] : [5, 6, 7, 8, 9]);
+    assert.equal(survived.data.size, 0, 'forgotten once the answer ended');
+  });
+}
+
+test('reconnect() resumes a frozen line at once (App.vue onShow), long before the watchdog', async () => {
+  // Opened directly, read through the proxy: the stream is the only proxied connection (a frozen
+  // idle keep-alive connection in fetch's pool would stall the next request, a different fault).
+  const opener = new SSEChannel({ broker: broker.url, transport: 'fetch' });
+  await opener.open();
+  opener.close();
+  const ch = SSEChannel.attach({ broker: proxy.url, channel: opener.id, readToken: opener.readToken, transport: 'fetch', timeouts: { idle: 60000 } });
+  const c = collect(ch);
+  await ch.open();
+  const w = deserializeChannel(opener);
+  await w.write(0);
+  await until(() => c.messages.length === 1);
+  proxy.hangCurrent(); // frozen: only reconnect() (or a 60 s watchdog) can bring it back
+  await w.write(1);
+  await w.end(null);
+  const t0 = Date.now();
+  ch.reconnect();
+  await c.done;
+  assert.deepEqual(c.messages, [0, 1]);
+  assert.ok(Date.now() - t0 < 5000, `resumed ${Date.now() - t0} ms after reconnect()`);
 });

@@ -212,3 +212,14 @@ test('no global fetch: waitCancelled() streams the terminal events over Node htt
   await closed;
   assert.equal(ch.state, 'cancelled');
 });
+
+test('coalescing: end() right after writes that still wait for company goes after them, in order', async () => {
+  const { ch, c } = await reader();
+  const w = deserializeChannel(ch, { coalesce: 50 });
+  const writes = [1, 2, 3, 4].map((i) => w.write(i)); // 2..4 wait in the window
+  const ended = w.end('fin'); // not awaited either: must not overtake them
+  const results = await Promise.all([...writes, ended]);
+  assert.equal(await c.done, 'fin');
+  assert.deepEqual(c.messages, [1, 2, 3, 4]);
+  assert.deepEqual(results.map((r) => r.ids.length), [1, 1, 1, 1, 1]);
+});

@@ -1,5 +1,5 @@
 import { UnbrokenError } from '../errors.js';
-import { withQuery } from '../http.js';
+import { lowerKeys, withQuery } from '../http.js';
 import type { MpRequestTask } from '../host.js';
 import { Utf8Decoder } from '../utf8.js';
 import { SseReader, checkStatus } from './framing.js';
@@ -51,7 +51,7 @@ export const chunkedTransport: Transport = {
         if (status !== 200 || chunks === 0) {
           const body = decodeBody(res.data);
           if (status === 200) push(body); // host ignored enableChunked: the whole window at once
-          else if (!checkStatus(status, body, { ...on, closed: finish })) return;
+          else if (!checkStatus(status, body, { ...on, closed: finish }, lowerKeys(res.header)['retry-after'])) return;
         }
         finish();
       },

@@ -25,7 +25,7 @@ export const fetchTransport: Transport = {
         if (closed) return;
         if (!res.body || res.status !== 200) {
           const body = await res.text().catch(() => '');
-          if (!checkStatus(res.status, body, { ...on, closed: finish })) return;
+          if (!checkStatus(res.status, body, { ...on, closed: finish }, res.headers.get('retry-after'))) return;
           return finish(new UnbrokenError('protocol_error', 'response has no readable body'));
         }
         const reader = res.body.getReader();

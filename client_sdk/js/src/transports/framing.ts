@@ -48,7 +48,7 @@ export function sseToWire(type: string, raw: string, id: string | undefined): Wi
 }
 
 /** A stream's HTTP status before any event: 2xx streams, 204 means "already ended, all seen". */
-export function checkStatus(status: number, body: string, on: TransportHandlers): boolean {
+export function checkStatus(status: number, body: string, on: TransportHandlers, retryAfter?: string | null): boolean {
   if (status === 204) {
     on.activity();
     on.event({ type: 'end', data: null });
@@ -56,6 +56,6 @@ export function checkStatus(status: number, body: string, on: TransportHandlers)
     return false;
   }
   if (status >= 200 && status < 300) return true;
-  on.closed(httpError(status, body));
+  on.closed(httpError(status, body, retryAfter));
   return false;
 }

@@ -22,6 +22,9 @@ export const ADAPTERS: { [K in AdapterName]: Transport } = {
  */
 export const AUTO_ORDER: AdapterName[] = ['fetch', 'mp-request', 'websocket', 'eventsource', 'xhr', 'poll'];
 
+/** The broker's wire transports (tests/conformance/vocabulary.json). */
+export const WIRE_TRANSPORTS: TransportName[] = ['sse', 'chunked', 'ws', 'poll'];
+
 /** A wire name in the `transport` option stands for the adapters that speak it, in auto order. */
 export const WIRE_ADAPTERS: { [K in TransportName]: AdapterName[] } = {
   sse: ['fetch', 'eventsource'],

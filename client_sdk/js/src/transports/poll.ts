@@ -42,7 +42,13 @@ export const pollTransport: Transport = {
       pending.promise.then(
         (res) => {
           if (closed) return;
-          if (res.status !== 200) return finish(httpError(res.status, res.text));
+          // 204: the channel ended before our position (tests/conformance/status.json: `ended`).
+          if (res.status === 204) {
+            on.activity();
+            on.event({ type: 'end', data: null });
+            return finish();
+          }
+          if (res.status !== 200) return finish(httpError(res.status, res.text, res.header('retry-after')));
           let body: PollBody;
           try {
             body = JSON.parse(res.text) as PollBody;

@@ -1,4 +1,4 @@
-import { UnbrokenError } from '../errors.js';
+import { UnbrokenError, retryableStatus } from '../errors.js';
 import { withQuery } from '../http.js';
 import type { Host, MpSocketTask } from '../host.js';
 import type { Transport, WireEvent } from './types.js';
@@ -16,6 +16,7 @@ export const webSocketTransport: Transport = {
   connect(host, req, on) {
     let closed = false;
     let rejected: UnbrokenError | undefined;
+    let frames = 0;
     const url = withQuery(toWs(req.urls.ws), { token: req.token, last_event_id: req.lastEventId });
     const finish = (err?: UnbrokenError) => {
       if (closed) return;
@@ -24,6 +25,7 @@ export const webSocketTransport: Transport = {
     };
     const message = (data: unknown) => {
       if (closed) return;
+      frames++;
       on.activity();
       let frame: { type?: string; id?: string; data?: unknown; first_id?: string; reason?: string; error?: { code: string; message: string } };
       try {
@@ -38,7 +40,13 @@ export const webSocketTransport: Transport = {
       if (rejected) return finish(rejected);
       if (code !== undefined && code >= 4000 && code < 5000) {
         const status = code - 4000;
-        return finish(new UnbrokenError('http_error', reason || 'rejected with ' + status, { status, retryable: status >= 500 || status === 429 }));
+        return finish(new UnbrokenError('http_error', reason || 'rejected with ' + status, { status, retryable: retryableStatus(status) }));
+      }
+      if (code === 1000 && frames === 0) {
+        // The broker's answer to a reader whose position is at the channel's end (as HTTP 204).
+        on.activity();
+        on.event({ type: 'end', data: null });
+        return finish();
       }
       // 1000 after end/error is normal; anything else (1006, 'interrupted') means resume.
       finish(code === 1000 ? undefined : new UnbrokenError('network_error', 'WebSocket closed: ' + code + ' ' + (reason || ''), { retryable: true }));
