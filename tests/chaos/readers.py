@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,8 @@ class Tally:
         self.reconnects += reader.reconnects
         self.unfinished += 0 if reader.ended else 1
         self.unexpected.extend(reader.unexpected)
+        if reader.total != len(reader.seqs):
+            self.unexpected.extend(reader.skips or [f"{reader.transport}: lost the tail"])
 
 
 class Reader:
@@ -75,6 +78,9 @@ class Reader:
         self.ended = False
         self.pause = 0.0  # set by the fault injector: stop reading for this long
         self.unexpected: list[str] = []
+        self.skips: list[str] = []  # where a seq jumped ahead: what a loss looked like
+        self.connected_at = 0.0
+        self.base = ""
 
     def record(self, event_id: str, kind: str, data: Any) -> None:
         """Count each event at most once: as a duplicate (its id, or its payload's seq, seen
@@ -93,6 +99,13 @@ class Reader:
                 self.duplicated += 1
                 return
             out_of_order = out_of_order or seq < self.max_seq
+            if seq > self.max_seq + 1:
+                now = time.monotonic()
+                self.skips.append(
+                    f"{self.transport} {self.channel_id}: seq {self.max_seq} -> {seq} (id "
+                    f"{event_id}) at {now:.2f}, {now - self.connected_at:.2f} s after "
+                    f"(re)connecting to {self.base}"
+                )
             self.seqs.add(seq)
             self.max_seq = max(self.max_seq, seq)
         elif kind in TERMINAL:
@@ -136,6 +149,7 @@ class Reader:
             await asyncio.sleep(pause)
 
     async def _once(self, session: aiohttp.ClientSession, base: str) -> bool:
+        self.connected_at, self.base = time.monotonic(), base
         if self.transport == "ws":
             await self._ws(session, base)
             return False

@@ -86,6 +86,7 @@ class Report:
     channels: int = 0
     write_retries: int = 0
     unexpected: list[str] = field(default_factory=list)
+    unexpected_timeline: list[str] = field(default_factory=list)  # process faults, for losses
     seconds: float = 0.0
 
     @property
@@ -123,7 +124,9 @@ class Report:
             f"total: lost {lost}, duplicated {dup}, reordered {reordered}; "
             f"writer retries {self.write_retries}"
         )
-        lines.extend(f"unexpected: {u}" for u in self.all_unexpected()[:20])
+        lines.extend(f"unexpected: {u}" for u in self.all_unexpected()[:40])
+        if self.all_unexpected():
+            lines.extend(f"process fault: {u}" for u in self.unexpected_timeline)
         return "\n".join(lines)
 
 
@@ -207,8 +210,10 @@ class Chaos:
     def bases(self) -> list[str]:
         return [proxy.url for proxy in self.proxies]
 
-    def _count(self, kind: str) -> None:
+    def _count(self, kind: str, where: str = "") -> None:
         self.report.faults[kind] += 1
+        if kind in ("broker_kill9", "redis_kill9"):
+            self.report.unexpected_timeline.append(f"{time.monotonic():.2f} {kind} {where}")
         if self.report.total_faults >= self.plan.faults:
             self.done.set()
 
@@ -308,7 +313,7 @@ class Chaos:
                 assert broker.process is not None
                 broker.process.send_signal(signal.SIGKILL)  # kill -9: no goodbye to anyone
                 await broker.process.wait()
-                self._count("broker_kill9")
+                self._count("broker_kill9", self.proxies[self.brokers.index(broker)].url)
                 await asyncio.sleep(self.rng.uniform(0.2, 1.0))
                 await broker.start()
                 next_kill = time.monotonic() + self.plan.broker_kill_every
