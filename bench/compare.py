@@ -65,7 +65,7 @@ class Plan:
     ladder_p99: float = 0.050
     replay: int = 10_000
     stream_counts: list[int] = field(
-        default_factory=lambda: [100, 200, 300, 400, 600, 800, 1000, 1500, 2000]
+        default_factory=lambda: [20, 50, 100, 200, 300, 500, 800, 1200, 2000]
     )
     tokens_per_stream: int = 30  # an LLM streaming 30 tokens/s
     cap: float = 240.0  # seconds per scenario and server

@@ -24,7 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from broker.context import BrokerContext
-from broker.vocabulary import CHANNEL_STATES, TRANSPORT_OF_ENDPOINT, TRANSPORTS
+from broker.vocabulary import (
+    CHANNEL_STATES,
+    TERMINAL_EVENT_TYPES,
+    TRANSPORT_OF_ENDPOINT,
+    TRANSPORTS,
+)
 
 # Last path segment of a reader route -> transport name used in metrics and logs.
 READER_SEGMENTS = TRANSPORT_OF_ENDPOINT
@@ -100,11 +105,11 @@ class Metrics:
             registry=r,
         )
         # Series that exist from the start, so rate() and dashboards see 0 rather than nothing.
-        for transport in TRANSPORTS:
-            self.reader_requests.labels(transport)
-            self.resumes.labels(transport)
-        for event_type in ("message", "end", "error"):
-            self.messages_written.labels(event_type)
+        # (Kept per label value: labels() hashes and locks on every call, a per-request cost.)
+        self.readers_by_transport = {t: self.reader_requests.labels(t) for t in TRANSPORTS}
+        self.resumes_by_transport = {t: self.resumes.labels(t) for t in TRANSPORTS}
+        event_types = ("message", *TERMINAL_EVENT_TYPES)
+        self.written_by_type = {t: self.messages_written.labels(t) for t in event_types}
         r.register(_StateCollector(ctx))
         ProcessCollector(registry=r)  # CPU, memory, open files of this process
 
@@ -242,15 +247,25 @@ def count_written(request: web.Request, event_type: str, count: int, duplicate: 
         if duplicate:
             metrics.write_duplicates.inc()
         else:
-            metrics.messages_written.labels(event_type).inc(count)
+            child = metrics.written_by_type.get(event_type)
+            if child is None:
+                child = metrics.written_by_type[event_type] = metrics.messages_written.labels(
+                    event_type
+                )
+            child.inc(count)
 
 
 def count_reader(request: web.Request, last_event_id: str | None) -> None:
     if metrics := _metrics(request):
-        transport = READER_SEGMENTS.get(request.path.rsplit("/", 1)[-1], "other")
-        metrics.reader_requests.labels(transport).inc()
+        transport = READER_SEGMENTS.get(request.path.rsplit("/", 1)[-1])
+        if transport is None:
+            metrics.reader_requests.labels("other").inc()
+            if last_event_id is not None:
+                metrics.resumes.labels("other").inc()
+            return
+        metrics.readers_by_transport[transport].inc()
         if last_event_id is not None:
-            metrics.resumes.labels(transport).inc()
+            metrics.resumes_by_transport[transport].inc()
 
 
 def count_error(request: web.Request, status: int, code: str) -> None:
