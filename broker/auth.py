@@ -23,7 +23,12 @@ def bearer_token(request: web.Request) -> str | None:
 
 def is_admin(ctx: BrokerContext, token: str | None) -> bool:
     admin = ctx.settings.admin_token
-    return bool(admin) and token is not None and hmac.compare_digest(token, admin)
+    return bool(admin) and token is not None and _same(token, admin)
+
+
+def _same(given: str, secret: str) -> bool:
+    # Bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500).
+    return hmac.compare_digest(given.encode(), secret.encode())
 
 
 def authorize_channel(request: web.Request, channel_id: str, scope: Scope) -> Claims | None:
@@ -103,7 +108,7 @@ def _open_policy(ctx: BrokerContext, request: web.Request) -> None:
                 "app_key_required",
                 "Opening a channel needs 'Authorization: Bearer <app key>'.",
             )
-        if not any(hmac.compare_digest(token, key) for key in ctx.settings.app_keys):
+        if not any(_same(token, key) for key in ctx.settings.app_keys):
             raise ApiError(403, "app_key_invalid", "The app key is not one this broker accepts.")
         return
     address = request.remote or "unknown"

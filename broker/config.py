@@ -100,6 +100,8 @@ class Settings:
             raise ValueError("durable replicas must be >= 0 and the timeout 1..60000 ms")
         if self.workers > 1 and not self.secret:
             raise ValueError("several workers need a shared secret (UNBROKEN_SECRET)")
+        if not (self.max_open_rate >= 0 and self.max_channels >= 0):  # `not >=` also catches NaN
+            raise ValueError("--max-open-rate and --max-channels must be >= 0 (0: no cap)")
 
 
 _ENV_CASTS: dict[str, Any] = {

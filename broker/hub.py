@@ -261,6 +261,11 @@ class Hub:
         self._beat_task: asyncio.Task[None] | None = None
         self._share_task: asyncio.Task[None] | None = None
         self._changed: set[str] = set()  # channels whose reader count changed since shared
+        # Sockets of finished readers until their connections are closed. The close waits
+        # until the last bytes (the end event, the end of the body, a goodbye) are sent, so a
+        # peer that reads nothing would hold the connection forever. Watched by the stall
+        # check like a reader's: socket -> (unsent bytes, tick since unchanged).
+        self._lingering: dict[Socket, tuple[int, int]] = {}
         self.beat = 0  # heartbeat ticks so far (one per heartbeat / 2 seconds)
         self.delivered = 0  # events handed to subscribers (for metrics)
         self.slow_consumers = 0
@@ -365,6 +370,8 @@ class Hub:
         return subscriber
 
     async def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber.direct is not None and not subscriber.direct.socket.is_closing():
+            self._lingering[subscriber.direct.socket] = (-1, self.beat)
         channel_id = subscriber.channel_id
         subscribers = self._channels.get(channel_id)
         if subscribers is None:
@@ -487,3 +494,17 @@ class Hub:
                         subscriber.beat = self.beat
                         # Our own heartbeat is not progress: the next tick compares with this.
                         subscriber.stuck = socket.get_write_buffer_size()
+            self._check_lingering()
+
+    def _check_lingering(self) -> None:
+        for socket, (before, since) in tuple(self._lingering.items()):
+            unsent = socket.get_write_buffer_size()
+            if unsent == 0 and socket.is_closing():  # all sent and closed
+                del self._lingering[socket]
+            elif unsent != before:
+                self._lingering[socket] = (unsent, self.beat)
+            elif self.beat - since >= self.stall_ticks:
+                del self._lingering[socket]
+                if unsent:
+                    reset(socket)
+                    log.info("finished reader not reading; connection reset")

@@ -112,8 +112,11 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "WriteResult": _obj(
-        {"ids": {"type": "array", "items": EVENT_ID}, "duplicate": BOOL,
-         "last_event_id": NULLABLE_STRING}
+        {
+            "ids": {"type": "array", "items": EVENT_ID},
+            "duplicate": BOOL,
+            "last_event_id": NULLABLE_STRING,
+        }
     ),
     "PollResult": _obj(
         {
@@ -173,36 +176,60 @@ def _json(description: str, schema: Schema) -> dict[str, Any]:
 
 
 TOKEN_ERRORS = (
-    (401, "token_missing"), (401, "token_invalid"), (401, "token_expired"),
+    (401, "token_missing"),
+    (401, "token_invalid"),
+    (401, "token_expired"),
     (403, "token_wrong_channel"),
 )
 ADMIN_ERRORS = ((401, "token_missing"), (403, "admin_token_invalid"), (403, "admin_disabled"))
 WRITE_ERRORS = (
-    *TOKEN_ERRORS, (403, "token_wrong_scope"), (400, "invalid_json"), (400, "invalid_body"),
-    (400, "invalid_writer"), (400, "invalid_seq"), (400, "invalid_idempotency_key"),
+    *TOKEN_ERRORS,
+    (403, "token_wrong_scope"),
+    (400, "invalid_json"),
+    (400, "invalid_body"),
+    (400, "invalid_writer"),
+    (400, "invalid_seq"),
+    (400, "invalid_idempotency_key"),
     (400, "too_many_messages"),
-    (409, "channel_ended"), (409, "channel_cancelled"), (410, "channel_gone"),
+    (409, "channel_ended"),
+    (409, "channel_cancelled"),
+    (410, "channel_gone"),
     (413, "message_too_large"),
 )
 READ_ERRORS = (
-    *TOKEN_ERRORS, (400, "bad_last_event_id"), (410, "channel_gone"), (503, "shutting_down"),
+    *TOKEN_ERRORS,
+    (400, "bad_last_event_id"),
+    (410, "channel_gone"),
+    (503, "shutting_down"),
 )
 
 CHANNEL_ID = {
-    "name": "channel_id", "in": "path", "required": True,
+    "name": "channel_id",
+    "in": "path",
+    "required": True,
     "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
 }
 TOKEN_QUERY = {
-    "name": "token", "in": "query", "required": False, "schema": STRING,
+    "name": "token",
+    "in": "query",
+    "required": False,
+    "schema": STRING,
     "description": "The token, where an Authorization header cannot be sent.",
 }
 RESUME = [
-    {"name": "last_event_id", "in": "query", "required": False, "schema": EVENT_ID,
-     "description": "Resume after this id (wins over the header)."},
+    {
+        "name": "last_event_id",
+        "in": "query",
+        "required": False,
+        "schema": EVENT_ID,
+        "description": "Resume after this id (wins over the header).",
+    },
     {"name": "Last-Event-ID", "in": "header", "required": False, "schema": EVENT_ID},
 ]
 MAX_DURATION = {
-    "name": "max_duration", "in": "query", "required": False,
+    "name": "max_duration",
+    "in": "query",
+    "required": False,
     "schema": {"type": "number", "minimum": 1, "maximum": 86400},
     "description": "Close after this many seconds, with a `reconnect` event first.",
 }
@@ -250,12 +277,15 @@ def _write(summary: str, description: str) -> dict[str, Any]:
         "description": description,
         "security": CHANNEL_AUTH,
         "parameters": [CHANNEL_ID, TOKEN_QUERY, *IDEMPOTENCY],
-        "requestBody": {"required": summary.startswith("Append message"),
-                        "content": {JSON: {"schema": _ref("WriteBody")}}},
+        "requestBody": {
+            "required": summary.startswith("Append message"),
+            "content": {JSON: {"schema": _ref("WriteBody")}},
+        },
         "responses": {
             "201": _json("Stored.", _ref("WriteResult")),
-            "200": _json("A retried request: nothing stored (`duplicate: true`).",
-                         _ref("WriteResult")),
+            "200": _json(
+                "A retried request: nothing stored (`duplicate: true`).", _ref("WriteResult")
+            ),
             **_errors(*WRITE_ERRORS),
         },
     }
@@ -268,8 +298,10 @@ def _file(summary: str, param: str | None) -> dict[str, Any]:
         "security": [],
         "parameters": parameters if param else [],
         "responses": {
-            "200": {"description": "The file.", "content": {"text/html": {}, "text/javascript": {},
-                                                             "text/css": {}}},
+            "200": {
+                "description": "The file.",
+                "content": {"text/html": {}, "text/javascript": {}, "text/css": {}},
+            },
             **_errors((404, "not_found")),
         },
     }
@@ -311,22 +343,33 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": [{"bearer": []}, {}],
             "requestBody": {
                 "required": False,
-                "content": {JSON: {"schema": {"type": "object", "properties": {
-                    "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
-                    "writer_timeout": {
-                        **WRITER_TIMEOUT,
-                        "description": "the writer lease: 0 (none) or 5 to 86400 seconds; "
-                        "default the broker's --writer-timeout (60)",
-                    },
-                }}}},
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
+                                "writer_timeout": {
+                                    **WRITER_TIMEOUT,
+                                    "description": "the writer lease: 0 (none) or 5 to "
+                                    "86400 seconds; default the broker's --writer-timeout (60)",
+                                },
+                            },
+                        }
+                    }
+                },
             },
             "responses": {
                 "201": _json("The channel, its tokens and URLs.", _ref("Opened")),
                 **_errors(
-                    (400, "invalid_name"), (400, "invalid_json"), (400, "invalid_body"),
-                    (400, "invalid_writer_timeout"), (401, "app_key_required"),
+                    (400, "invalid_name"),
+                    (400, "invalid_json"),
+                    (400, "invalid_body"),
+                    (400, "invalid_writer_timeout"),
+                    (401, "app_key_required"),
                     (403, "app_key_invalid"),
-                    (409, "channel_exists"), (429, "rate_limited"),
+                    (409, "channel_exists"),
+                    (429, "rate_limited"),
                     (503, "too_many_channels"),
                 ),
             },
@@ -336,8 +379,12 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": ADMIN_AUTH,
             "parameters": [
                 TOKEN_QUERY,
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+                },
             ],
             "responses": {
                 "200": _json("Newest first.", _ref("ChannelList")),
@@ -351,8 +398,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": CHANNEL_AUTH,
             "parameters": [CHANNEL_ID, TOKEN_QUERY],
             "responses": {
-                "200": _json("State, counts and this process's subscribers.",
-                             _ref("ChannelStatus")),
+                "200": _json(
+                    "State, counts and this process's subscribers.", _ref("ChannelStatus")
+                ),
                 **_errors(*TOKEN_ERRORS, (404, "channel_not_found"), (410, "channel_gone")),
             },
         },
@@ -362,13 +410,17 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [CHANNEL_ID, TOKEN_QUERY],
             "responses": {
                 "204": {"description": "Deleted; its readers are disconnected."},
-                **_errors(*TOKEN_ERRORS, (403, "token_wrong_scope"), (404, "channel_not_found"),
-                          (410, "channel_gone")),
+                **_errors(
+                    *TOKEN_ERRORS,
+                    (403, "token_wrong_scope"),
+                    (404, "channel_not_found"),
+                    (410, "channel_gone"),
+                ),
             },
         },
     },
     "/v1/channels/{channel_id}/messages": {
-        "post": _write("Append messages", "`{\"data\": …}` or `{\"messages\": […]}`."),
+        "post": _write("Append messages", '`{"data": …}` or `{"messages": […]}`.'),
     },
     "/v1/channels/{channel_id}/end": {
         "post": _write("End the channel", "Appends the terminal `end` event, with optional data."),
@@ -382,7 +434,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "description": "The writer is alive but has nothing to write yet: moves the writer "
             "lease's deadline to now + writer_timeout (every write does too). A channel whose "
             "writer neither writes nor heartbeats for writer_timeout ends with the `error` event "
-            "`{\"code\":\"writer_timeout\",…}`.",
+            '`{"code":"writer_timeout",…}`.',
             "security": CHANNEL_AUTH,
             "parameters": [CHANNEL_ID, TOKEN_QUERY],
             "responses": {
@@ -400,7 +452,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/channels/{channel_id}/cancel": {
         "post": {
             "summary": "Cancel the channel (stop generation)",
-            "description": "Appends the terminal `cancelled` event with data `{\"reason\": …}` "
+            "description": 'Appends the terminal `cancelled` event with data `{"reason": …}` '
             "and makes the state `cancelled`; writes then get 409 `channel_cancelled`. The read "
             "token suffices (a Stop button); the write token or the admin token work too.",
             "security": CHANNEL_AUTH,
@@ -408,8 +460,9 @@ PATHS: dict[str, dict[str, Any]] = {
             "requestBody": {"required": False, "content": {JSON: {"schema": _ref("CancelBody")}}},
             "responses": {
                 "201": _json("Cancelled.", _ref("WriteResult")),
-                "200": _json("Already cancelled: nothing stored (`duplicate: true`).",
-                             _ref("WriteResult")),
+                "200": _json(
+                    "Already cancelled: nothing stored (`duplicate: true`).", _ref("WriteResult")
+                ),
                 **_errors(
                     *TOKEN_ERRORS,
                     (400, "invalid_json"),
@@ -437,7 +490,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Read over WebSocket",
             "description": "One JSON text frame per event (`message`/`end`/`error` with id and "
             "data, `ping`, `gap`, `reconnect`). A refused request is upgraded, gets one "
-            "`{\"type\":\"rejected\",\"error\":{…}}` frame and close code 4000 + HTTP status.",
+            '`{"type":"rejected","error":{…}}` frame and close code 4000 + HTTP status.',
             "security": CHANNEL_AUTH,
             "parameters": [CHANNEL_ID, TOKEN_QUERY, *RESUME],
             "responses": {
@@ -451,15 +504,27 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Long-poll",
             "security": CHANNEL_AUTH,
             "parameters": [
-                CHANNEL_ID, TOKEN_QUERY, *RESUME,
-                {"name": "timeout", "in": "query", "required": False,
-                 "schema": {"type": "number", "minimum": 0, "maximum": 55, "default": 25}},
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
+                CHANNEL_ID,
+                TOKEN_QUERY,
+                *RESUME,
+                {
+                    "name": "timeout",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "number", "minimum": 0, "maximum": 55, "default": 25},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000},
+                },
             ],
             "responses": {
-                "200": _json("Events after the position, or none when the timeout passed.",
-                             _ref("PollResult")),
+                "200": _json(
+                    "Events after the position, or none when the timeout passed.",
+                    _ref("PollResult"),
+                ),
                 **_errors(*READ_ERRORS, (400, "invalid_timeout"), (400, "invalid_limit")),
             },
         }
@@ -469,9 +534,14 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Inspect a channel and its latest events (admin)",
             "security": ADMIN_AUTH,
             "parameters": [
-                CHANNEL_ID, TOKEN_QUERY,
-                {"name": "tail", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 20}},
+                CHANNEL_ID,
+                TOKEN_QUERY,
+                {
+                    "name": "tail",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 20},
+                },
             ],
             "responses": {
                 "200": _json("Status and the last `tail` events.", _ref("Inspection")),
@@ -509,8 +579,10 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": ADMIN_AUTH,
             "parameters": [TOKEN_QUERY],
             "responses": {
-                "200": {"description": "Prometheus text exposition format.",
-                        "content": {"text/plain": {"schema": STRING}}},
+                "200": {
+                    "description": "Prometheus text exposition format.",
+                    "content": {"text/plain": {"schema": STRING}},
+                },
                 **_errors(*ADMIN_ERRORS),
             },
         }
@@ -539,7 +611,7 @@ def document(server_url: str) -> dict[str, Any]:
             "version": "1",
             "description": "Pub/sub channels with exact resume over SSE, chunked HTTP, "
             "WebSocket and long-poll. The wire format is specified in docs/protocol.md. "
-            "Every error body is `{\"error\": {\"code\", \"message\"}}`; any route can also "
+            'Every error body is `{"error": {"code", "message"}}`; any route can also '
             "answer 404 `not_found`, 405 `method_not_allowed`, 500 `internal_error` or, while "
             "the engine's storage is unreachable, 503 `engine_unavailable` with Retry-After.",
         },
@@ -549,7 +621,8 @@ def document(server_url: str) -> dict[str, Any]:
             "schemas": SCHEMAS,
             "securitySchemes": {
                 "bearer": {
-                    "type": "http", "scheme": "bearer",
+                    "type": "http",
+                    "scheme": "bearer",
                     "description": "Channel token (JWT), admin token or app key, per route.",
                 },
                 "queryToken": {"type": "apiKey", "in": "query", "name": "token"},

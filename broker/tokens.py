@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 Scope = Literal["read", "write"]
 
+MAX_SEGMENT_LENGTH = 4096  # characters of a token's header or payload; bounds parsing work
 CLOCK_SKEW = 60  # seconds a token's `iat`/`nbf` may lie ahead of this host's clock
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -60,7 +62,12 @@ def _b64decode(text: str) -> bytes:
 
 
 def _json_segment(text: str) -> dict[str, Any]:
-    value = json.loads(_b64decode(text))
+    if len(text) > MAX_SEGMENT_LENGTH:  # ours are a few hundred characters
+        raise ValueError("token segment too long")
+    try:
+        value = json.loads(_b64decode(text))
+    except RecursionError as exc:  # `[[[[…` nested past the parser's limit
+        raise ValueError("token segment nested too deeply") from exc
     if not isinstance(value, dict):
         raise ValueError("segment is not a JSON object")
     return value
@@ -75,7 +82,7 @@ def read_claims_unverified(token: str) -> Claims:
     try:
         _header, payload, _signature = token.split(".")
         return _claims_from(_json_segment(payload))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise TokenError("token_invalid", "The token is not a well-formed Unbroken token.") from exc
 
 
@@ -87,10 +94,17 @@ def _claims_from(payload: Mapping[str, Any]) -> Claims:
         channel=str(payload["ch"]),
         scope=scope,
         url=str(payload.get("url", "")),
-        issued_at=int(payload["iat"]),
-        expires_at=int(payload["exp"]),
-        not_before=int(payload["nbf"]) if "nbf" in payload else None,
+        issued_at=_seconds(payload["iat"]),
+        expires_at=_seconds(payload["exp"]),
+        not_before=_seconds(payload["nbf"]) if "nbf" in payload else None,
     )
+
+
+def _seconds(value: Any) -> int:
+    """A JWT NumericDate: a finite number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"not a time in seconds: {value!r}")
+    return int(value)
 
 
 class KeyRing:
@@ -163,7 +177,7 @@ class KeyRing:
             return _claims_from(_json_segment(payload_text))
         except TokenError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: 1e400
             raise TokenError(
                 "token_invalid", "The token is not a well-formed Unbroken token."
             ) from exc

@@ -59,3 +59,11 @@ async def test_channels_held_by_the_memory_engine_are_capped() -> None:
                 assert response.status == 204
         assert (await _open_from(broker.url, 11))[0] == 201
         assert (await _open_from(broker.url, 12))[0] == 503
+
+
+async def test_a_negative_cap_is_refused_at_start() -> None:
+    for flag in ("--max-open-rate", "--max-channels"):
+        broker = BrokerProcess("--secret", SECRET, flag, "-1")
+        with pytest.raises(RuntimeError, match="must be >= 0"):
+            await broker.start()
+        await broker.__aexit__(None, None, None)

@@ -73,8 +73,13 @@ def check(value: Any, schema: dict[str, Any], doc: dict[str, Any], path: str = "
     if "type" in schema:
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         python = {
-            "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-            "integer": int, "number": (int, float),
+            "object": dict,
+            "array": list,
+            "string": str,
+            "boolean": bool,
+            "null": type(None),
+            "integer": int,
+            "number": (int, float),
         }
         numeric = ("integer", "number")
         ok = any(
@@ -159,45 +164,73 @@ async def test_real_responses_match_their_documented_schemas(
     cid, write = opened["id"], opened["channel_token"]["token"]
     base = f"/v1/channels/{cid}"
     written = await _checked(
-        await client.post(f"{base}/messages", json={"messages": [1, {"a": None}], "writer": "w",
-                                                    "seq": 1}, headers=bearer(write)),
-        doc, "/v1/channels/{channel_id}/messages", "post",
+        await client.post(
+            f"{base}/messages",
+            json={"messages": [1, {"a": None}], "writer": "w", "seq": 1},
+            headers=bearer(write),
+        ),
+        doc,
+        "/v1/channels/{channel_id}/messages",
+        "post",
     )
     assert written["duplicate"] is False
     duplicate = await _checked(
-        await client.post(f"{base}/messages", json={"data": 3, "writer": "w", "seq": 1},
-                          headers=bearer(write)),
-        doc, "/v1/channels/{channel_id}/messages", "post",
+        await client.post(
+            f"{base}/messages", json={"data": 3, "writer": "w", "seq": 1}, headers=bearer(write)
+        ),
+        doc,
+        "/v1/channels/{channel_id}/messages",
+        "post",
     )
     assert duplicate["duplicate"] is True
     polled = await _checked(
         await client.get(f"{base}/poll?timeout=0", headers=bearer(opened["read_token"])),
-        doc, "/v1/channels/{channel_id}/poll", "get",
+        doc,
+        "/v1/channels/{channel_id}/poll",
+        "get",
     )
     assert [e["data"] for e in polled["events"]] == [1, {"a": None}]
-    await _checked(await client.post(f"{base}/end", json={"data": "bye"}, headers=bearer(write)),
-                   doc, "/v1/channels/{channel_id}/end", "post")
-    status = await _checked(await client.get(base, headers=bearer(write)),
-                            doc, "/v1/channels/{channel_id}", "get")
+    await _checked(
+        await client.post(f"{base}/end", json={"data": "bye"}, headers=bearer(write)),
+        doc,
+        "/v1/channels/{channel_id}/end",
+        "post",
+    )
+    status = await _checked(
+        await client.get(base, headers=bearer(write)), doc, "/v1/channels/{channel_id}", "get"
+    )
     assert status["state"] == "ended"
     # Documented errors carry the error schema (and their code is listed for that status).
     ended = await client.post(f"{base}/messages", json={"data": 1}, headers=bearer(write))
     error = await _checked(ended, doc, "/v1/channels/{channel_id}/messages", "post")
     assert error["error"]["code"] == "channel_ended"
-    assert "channel_ended" in doc["paths"]["/v1/channels/{channel_id}/messages"]["post"][
-        "responses"]["409"]["description"]
+    assert (
+        "channel_ended"
+        in doc["paths"]["/v1/channels/{channel_id}/messages"]["post"]["responses"]["409"][
+            "description"
+        ]
+    )
     listing = await _checked(await client.get("/v1/channels"), doc, "/v1/channels", "get")
     assert [c["id"] for c in listing["channels"]] == [cid]
-    inspected = await _checked(await client.get(f"/v1/admin/channels/{cid}?tail=2"), doc,
-                               "/v1/admin/channels/{channel_id}", "get")
+    inspected = await _checked(
+        await client.get(f"/v1/admin/channels/{cid}?tail=2"),
+        doc,
+        "/v1/admin/channels/{channel_id}",
+        "get",
+    )
     assert [e["type"] for e in inspected["events"]] == ["message", "end"]
-    await _checked(await client.post(f"/v1/admin/channels/{cid}/read-token"), doc,
-                   "/v1/admin/channels/{channel_id}/read-token", "post")
+    await _checked(
+        await client.post(f"/v1/admin/channels/{cid}/read-token"),
+        doc,
+        "/v1/admin/channels/{channel_id}/read-token",
+        "post",
+    )
     await _checked(await client.get("/v1/admin/stats"), doc, "/v1/admin/stats", "get")
     await _checked(await client.get("/healthz"), doc, "/healthz", "get")
     missing = await client.post("/v1/admin/channels/nope/read-token")
     assert (await _checked(missing, doc, "/v1/admin/channels/{channel_id}/read-token", "post"))[
-        "error"]["code"] == "channel_not_found"
+        "error"
+    ]["code"] == "channel_not_found"
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -221,26 +254,27 @@ async def test_metrics_count_real_traffic(client: TestClient[Any, Any]) -> None:
     opened = await open_channel(client, "metered")
     write, read = opened["channel_token"]["token"], opened["read_token"]
     base = "/v1/channels/metered"
-    async with client.session.get(
-        client.make_url(f"{base}/events"), headers=bearer(read)
-    ) as stream, client.session.ws_connect(
-        client.make_url(f"{base}/ws?token={read}")
-    ) as socket:
+    async with (
+        client.session.get(client.make_url(f"{base}/events"), headers=bearer(read)) as stream,
+        client.session.ws_connect(client.make_url(f"{base}/ws?token={read}")) as socket,
+    ):
         await stream.content.readuntil(b"retry: 1000\n\n")
         before = await scrape(client)
         assert before[("unbroken_subscribers", (("transport", "sse"),))] == 1
         assert before[("unbroken_subscribers", (("transport", "ws"),))] == 1
         assert before[("unbroken_watched_channels", ())] == 1
-        response = await client.post(f"{base}/messages", json={"messages": ["a", "b", "c"]},
-                                     headers=bearer(write))
+        response = await client.post(
+            f"{base}/messages", json={"messages": ["a", "b", "c"]}, headers=bearer(write)
+        )
         assert response.status == 201
         ids = (await response.json())["ids"]
         for _ in range(3):
             assert (await socket.receive_json())["type"] == "message"
         await stream.content.readuntil(f"id: {ids[-1]}\n".encode())
     # A resume (with a last id), a WebSocket rejection and an unknown route, all counted.
-    async with client.get(f"{base}/poll?timeout=0&last_event_id={ids[0]}",
-                          headers=bearer(read)) as response:
+    async with client.get(
+        f"{base}/poll?timeout=0&last_event_id={ids[0]}", headers=bearer(read)
+    ) as response:
         assert len((await response.json())["events"]) == 2
     async with client.session.ws_connect(client.make_url(f"{base}/ws?token=bad")) as socket:
         assert (await socket.receive_json())["error"]["code"] == "token_invalid"
@@ -263,8 +297,10 @@ async def test_metrics_count_real_traffic(client: TestClient[Any, Any]) -> None:
         (("code", "not_found"), ("status", "404")): 1,
         (("code", "token_missing"), ("status", "401")): 1,
     }
-    appended = ("unbroken_engine_operation_seconds_count",
-                (("engine", "memory"), ("operation", "append")))
+    appended = (
+        "unbroken_engine_operation_seconds_count",
+        (("engine", "memory"), ("operation", "append")),
+    )
     assert after[appended] == 1
     assert after[("unbroken_subscribers", (("transport", "sse"),))] == 0
 
@@ -305,8 +341,11 @@ async def test_redis_command_latency_is_recorded(redis_url: str) -> None:
     )
     try:
         opened = await open_channel(client)
-        response = await client.post(f"/v1/channels/{opened['id']}/messages", json={"data": 1},
-                                     headers=bearer(opened["channel_token"]["token"]))
+        response = await client.post(
+            f"/v1/channels/{opened['id']}/messages",
+            json={"data": 1},
+            headers=bearer(opened["channel_token"]["token"]),
+        )
         assert response.status == 201
         samples = await scrape(client)
         commands = {
@@ -316,11 +355,14 @@ async def test_redis_command_latency_is_recorded(redis_url: str) -> None:
         }
         # The Lua scripts run as EVALSHA (or EVAL the first time); both are commands we time.
         assert commands.get("EVALSHA", 0) + commands.get("EVAL", 0) >= 2, commands
-        append = ("unbroken_engine_operation_seconds_count",
-                  (("engine", "redis"), ("operation", "append")))
+        append = (
+            "unbroken_engine_operation_seconds_count",
+            (("engine", "redis"), ("operation", "append")),
+        )
         assert samples[append] == 1
-        await client.delete(f"/v1/channels/{opened['id']}",
-                            headers=bearer(opened["channel_token"]["token"]))
+        await client.delete(
+            f"/v1/channels/{opened['id']}", headers=bearer(opened["channel_token"]["token"])
+        )
     finally:
         await client.close()
 
@@ -368,6 +410,7 @@ async def test_json_logs_name_channel_and_transport() -> None:
                 break
             await asyncio.sleep(0.05)
     assert ("reader connected", "logged", "sse") in events
-    assert any(m.startswith("reader disconnected") and c == "logged" and t == "sse"
-               for m, c, t in events)
+    assert any(
+        m.startswith("reader disconnected") and c == "logged" and t == "sse" for m, c, t in events
+    )
     assert all({"ts", "level", "logger", "message"} <= set(x) for x in lines)

@@ -229,3 +229,41 @@ async def test_secret_and_admin_token_from_files(
     with pytest.raises(RuntimeError, match="cannot read the --secret-file"):
         await missing.start()
     await missing.__aexit__(None, None, None)
+
+
+async def test_tokens_with_non_ascii_characters_are_refused_not_a_500(
+    session: aiohttp.ClientSession,
+) -> None:
+    args = ("--secret", SECRET, "--admin-token", ADMIN, "--open-policy", "key", "--app-key", "k")
+    async with BrokerProcess(*args) as broker:
+        weird = "é-☃-ключ"
+        async with session.post(broker.url + "/v1/channels", params={"token": weird}) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (403, "app_key_invalid")
+        async with session.post(broker.url + "/v1/channels", headers=bearer("k")) as r:
+            assert r.status == 201
+            opened = await r.json()
+        url = f"{broker.url}/v1/channels/{opened['id']}"
+        async with session.get(url, params={"token": weird}) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (401, "token_invalid")
+        async with session.get(broker.url + "/v1/admin/stats", params={"token": weird}) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (403, "admin_token_invalid")
+
+
+async def test_malformed_token_payloads_are_401_not_500(session: aiohttp.ClientSession) -> None:
+    async with BrokerProcess("--secret", SECRET) as broker:
+        opened = await _open(session, broker.url)
+        url = f"{broker.url}/v1/channels/{opened['id']}"
+        header = _b64(json.dumps({"alg": "HS256", "kid": "sec"}).encode())
+        now = int(time.time())
+        variants = {
+            # parsed before the signature is checked: must not reach the recursion limit
+            "nested header": _b64(b"[" * 3000) + ".e30.x",
+            "long header": _b64(b'{"a":"' + b"x" * 6000 + b'"}') + ".e30.x",
+            # signed with the real key, claims a float too large for an int
+            "huge iat": forge({"ch": opened["id"], "scope": "read", "iat": 1e400, "exp": now + 60}),
+            "bool exp": forge({"ch": opened["id"], "scope": "read", "iat": now, "exp": True}),
+            "no signature": f"{header}.e30.",
+        }
+        for name, token in variants.items():
+            status, body = await _status(session, url, token)
+            assert (status, body["error"]["code"]) == (401, "token_invalid"), name

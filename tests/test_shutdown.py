@@ -50,14 +50,17 @@ async def test_sigterm_tells_readers_to_reconnect_and_exits_in_time() -> None:
         async with http.post(broker.url + "/v1/channels", json={"name": "draining"}) as response:
             opened = await response.json()
         read, base = opened["read_token"], broker.url + "/v1/channels/draining"
-        async with http.get(base + "/events", headers=bearer(read)) as sse, http.ws_connect(
-            base.replace("http", "ws", 1) + f"/ws?token={read}"
-        ) as ws:
+        async with (
+            http.get(base + "/events", headers=bearer(read)) as sse,
+            http.ws_connect(base.replace("http", "ws", 1) + f"/ws?token={read}") as ws,
+        ):
             worker = Channel.from_token(opened["channel_token"], broker_url=broker.url, timeout=5)
             event_id = await worker.write("before shutdown")
             await worker.close()
             assert await read_sse_event(sse) == {
-                "id": event_id, "event": "message", "data": "before shutdown"
+                "id": event_id,
+                "event": "message",
+                "data": "before shutdown",
             }
             assert (await ws.receive_json(timeout=10))["id"] == event_id
 
@@ -83,12 +86,18 @@ async def test_reader_resumes_on_another_broker_without_loss(redis_url: str) -> 
             opened = await response.json()
         channel, read = opened["id"], opened["read_token"]
         # The worker writes to Redis directly: writes go on while the first broker is down.
-        worker = Channel.from_token(opened["channel_token"], redis_url=redis_url,
-                                    redis_prefix=prefix, secret=SECRET, timeout=5)
+        worker = Channel.from_token(
+            opened["channel_token"],
+            redis_url=redis_url,
+            redis_prefix=prefix,
+            secret=SECRET,
+            timeout=5,
+        )
         received: list[Any] = []
         last_id = None
-        async with http.get(f"{first.url}/v1/channels/{channel}/events",
-                            headers=bearer(read)) as sse:
+        async with http.get(
+            f"{first.url}/v1/channels/{channel}/events", headers=bearer(read)
+        ) as sse:
             for n in range(5):
                 await worker.write(n)
             while len(received) < 5:
@@ -108,8 +117,7 @@ async def test_reader_resumes_on_another_broker_without_loss(redis_url: str) -> 
         await worker.close()
         assert last_id is not None
         headers = {**bearer(read), "Last-Event-ID": last_id}
-        async with http.get(f"{second.url}/v1/channels/{channel}/events",
-                            headers=headers) as sse:
+        async with http.get(f"{second.url}/v1/channels/{channel}/events", headers=headers) as sse:
             while (event := await read_sse_event(sse))["event"] != "end":
                 received.append(event["data"])
             assert event["data"] == "done"

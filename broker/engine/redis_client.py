@@ -175,10 +175,14 @@ def connect(url: str, *, max_connections: int = MAX_CONNECTIONS, **opts: Any) ->
         userinfo, hosts = _hosts(parts.netloc, 6379)
         options = _options(base, userinfo, hosts[0], "", rest)
         options.pop("path", None)
+        # No command retry in the client either (it would repeat a write whose reply was
+        # lost); MOVED/ASK redirects are followed regardless, and after a connection error the
+        # client re-reads the slot map on its next command, which retrying() sends.
         return ObservedRedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in hosts],
             max_connections=max_connections,
             decode_responses=False,
+            retry=Retry(NoBackoff(), 0),
             **{**options, **opts},
         )
     if scheme in ("redis+sentinel", "rediss+sentinel"):

@@ -22,7 +22,7 @@ from typing import ClassVar
 from aiohttp import web
 
 from broker.events import Event, dumps
-from broker.hub import Socket
+from broker.hub import Socket, reset
 from broker.vocabulary import ReconnectReason
 
 RETRY = b"retry: 1000\n\n"  # tells EventSource to reconnect after 1 s
@@ -177,7 +177,7 @@ class WSFramer(Framer):
                     await self.ws.send_str(notice)
                 await self.ws.close(code=code, message=message)
         except TimeoutError:
-            self.socket.abort()  # drops the unsent bytes; close() would wait for them
+            reset(self.socket)  # drops the unsent bytes; close() would wait for them
 
 
 def poll_body(events: Sequence[Event], last: str | None, ended: bool, gap: str | None) -> str:

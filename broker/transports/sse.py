@@ -71,6 +71,10 @@ async def _serve(
         if reading.nothing_left:
             return web.Response(status=204)
         response = _Stream(headers={**SSE_HEADERS, **heartbeat_header(ctx)})
+        # The connection closes with the stream (readers reconnect anyway). aiohttp takes the
+        # response's keep-alive when the handler returns, over the protocol's (socket_of):
+        # without this an ended stream's connection would idle for keepalive_timeout.
+        response.force_close()
         if request.version >= HttpVersion11:  # HTTP/1.0 readers get the stream until close
             response.enable_chunked_encoding()
         await response.prepare(request)
