@@ -65,9 +65,9 @@ class Plan:
     ladder_p99: float = 0.050
     replay: int = 10_000
     stream_counts: list[int] = field(
-        default_factory=lambda: [20, 50, 100, 200, 300, 500, 800, 1200, 2000]
+        default_factory=lambda: [10, 20, 40, 60, 80, 100, 120, 140, 160, 200, 240, 320]
     )
-    tokens_per_stream: int = 30  # an LLM streaming 30 tokens/s
+    tokens_per_stream: int = 100  # a fast model streaming 100 tokens/s
     cap: float = 240.0  # seconds per scenario and server
 
 

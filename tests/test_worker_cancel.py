@@ -10,9 +10,11 @@ import time
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
-from tests.support import Broker, read, running_broker
-from worker import Channel, ChannelCancelled, ChannelEndedError, SyncChannel
+from broker.engine.redis_layout import channel_keys
+from tests.support import TEST_SECRET, Broker, read, redis_settings, running_broker
+from worker import Channel, ChannelCancelled, ChannelEndedError, Pool, SyncChannel
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
 
@@ -186,7 +188,6 @@ async def test_the_block_keeps_the_writer_lease(path: tuple[Broker, dict[str, An
 async def test_many_watched_channels_do_not_starve_writes() -> None:
     """110 writers sharing one Pool over HTTP each hold a cancel watch (a long-lived SSE
     request); their writes still go out at once."""
-    from worker import Pool
 
     async with running_broker(open_burst=200, admin_token="admin-for-worker-tests") as broker:
         opened = [await broker.open() for _ in range(110)]
@@ -213,3 +214,38 @@ async def test_many_watched_channels_do_not_starve_writes() -> None:
         for writer in writers:
             await writer.close()
         await pool.close()
+
+
+async def test_one_pubsub_connection_watches_every_channel_of_a_pool(redis_url: str) -> None:
+    settings = redis_settings(redis_url)
+    async with running_broker(settings) as broker:
+        admin = Redis.from_url(redis_url)
+        before = len(await admin.client_list(_type="pubsub"))
+        opened = [await broker.open() for _ in range(20)]
+        pool = Pool()
+        options = {
+            "redis_url": redis_url,
+            "redis_prefix": settings.redis_prefix,
+            "secret": TEST_SECRET,
+        }
+        writers = [Channel.from_token(o["channel_token"], pool=pool, **options) for o in opened]
+        waiters = [asyncio.create_task(w.wait_cancelled()) for w in writers]
+        lives = [channel_keys(settings.redis_prefix, o["id"]).live for o in opened]
+        for _ in range(250):  # until every watch is subscribed
+            counts = await admin.execute_command("PUBSUB SHARDNUMSUB", *lives)
+            flat = [x for pair in counts for x in pair] if isinstance(counts[0], tuple) else counts
+            if all(int(n) >= 1 for n in flat[1::2]):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the watches did not subscribe")
+        assert len(await admin.client_list(_type="pubsub")) - before == 1
+        await cancel(broker, opened[7])
+        assert await asyncio.wait_for(waiters[7], 5) is True
+        assert not any(w.done() for n, w in enumerate(waiters) if n != 7)
+        for writer in writers:
+            await writer.close()
+        for waiter in waiters:
+            waiter.cancel()
+        await pool.close()
+        await admin.aclose()

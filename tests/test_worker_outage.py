@@ -169,6 +169,10 @@ def test_redis_errors_that_heal_are_retryable() -> None:
         e.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
         e.MovedError("3999 127.0.0.1:6381"),
         e.ResponseError("MOVED 3999 127.0.0.1:6381"),
+        e.ResponseError(
+            "Error running script (call to f_1): @user_script:12: @user_script: "
+            "12: -READONLY You can't write against a read only replica."
+        ),
         e.ConnectionError("Connection refused"),
         e.TimeoutError("Timeout reading from socket"),
     ):

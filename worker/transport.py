@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -29,9 +28,6 @@ from worker.errors import (
     MessageTooLargeError,
     WorkerError,
 )
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 log = logging.getLogger("unbroken.worker")
 
@@ -261,34 +257,20 @@ def _redis_transient(exc: BaseException) -> bool:
         | e.SlotNotCoveredError,
     ):
         return True
-    if isinstance(exc, e.ResponseError):
-        # Servers and proxies that answer these as plain error replies.
-        head = str(exc).split(" ", 1)[0].upper()
-        return head in {"READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED"}
-    return False
+    # The engine's policy too: a refusal raised by redis.call() inside a script reaches us as a
+    # generic error carrying the same words. Every worker request is idempotent (writer, seq),
+    # so a lost reply is retried as well.
+    from broker.engine.redis_client import not_run, transient
+
+    return not_run(exc) or transient(exc)
 
 
-def _is_readonly(exc: BaseException) -> bool:
-    return type(exc).__name__ == "ReadOnlyError" or str(exc).upper().startswith("READONLY")
+def connect_redis(url: str, timeout: float) -> Any:
+    """A client for any Redis URL the broker takes (single, TLS, Cluster, Sentinel), with socket
+    timeouts so a frozen server becomes an error (and a retry), not a silent block."""
+    from broker.engine.redis_client import connect
 
-
-def connect_redis(url: str, timeout: float) -> Redis:
-    """A client for any Redis URL the broker takes; socket timeouts so a frozen server becomes
-    an error (and a retry), not a silent block."""
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "health_check_interval": 10,
-    }
-    try:
-        # The broker's one constructor for every URL form (cluster, sentinel), when present.
-        module: Any = importlib.import_module("broker.engine.redis_client")
-    except ImportError:
-        from redis.asyncio import Redis
-
-        return Redis.from_url(url, **options)
-    client: Redis = module.connect(url, **options)
-    return client
+    return connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 class RedisConnection:
@@ -306,12 +288,14 @@ class RedisConnection:
         self._watchers: dict[str, dict[int, tuple[str, OnTerminal]]] = {}
         self._next_id = 0
 
-    async def drop_connections(self) -> None:
-        """Leave a demoted primary: pooled connections to it would keep answering READONLY."""
-        pool = getattr(self.redis, "connection_pool", None)
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                await pool.disconnect()
+    async def drop_connections(self, exc: BaseException) -> None:
+        """Forget pooled connections the error shows are stale: all of them after READONLY (a
+        demoted primary; Sentinel or DNS then names the new one), the slot map for a Cluster.
+        The broker's engine follows the same policy (redis_client.drop_stale_connections)."""
+        from broker.engine.redis_client import drop_stale_connections
+
+        with contextlib.suppress(Exception):
+            await drop_stale_connections(self.redis, exc)
 
     def watch(self, channel_id: str, on_terminal: OnTerminal) -> Callable[[], None]:
         from broker.engine.redis_layout import channel_keys
@@ -513,7 +497,6 @@ class RedisTransport:
                 f"Channel {self._channel_id} has ended; nothing more can be written."
             )
         if _redis_transient(exc):
-            if _is_readonly(exc):
-                await self._connection.drop_connections()
+            await self._connection.drop_connections(exc)
             return TransientError(f"{type(exc).__name__}: {exc}")
         return exc
