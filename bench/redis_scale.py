@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,9 @@ from tests.redis_cluster import (  # noqa: E402
     _info,
     _start,
     _wait,
+    form_cluster,
     free_port,
+    start_cluster_nodes,
 )
 
 
@@ -72,36 +73,9 @@ def primary_with_replica(*args: str) -> Iterator[str]:
 @contextlib.contextmanager
 def three_shards() -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="unbroken-bench-"))
-    servers = []
+    servers = start_cluster_nodes(workdir, 3)
     try:
-        for _ in range(3):
-            port = free_port()
-            servers.append(
-                _start(
-                    workdir,
-                    port,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    f"nodes-{port}.conf",
-                    "--cluster-port",
-                    str(free_port()),
-                )
-            )
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{s.port}" for s in servers],
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        form_cluster(servers, replicas=0)
         _wait(
             lambda: all(_info(s.port, "cluster").get("cluster_state") == "ok" for s in servers),
             "cluster state ok",

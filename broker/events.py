@@ -24,6 +24,22 @@ _EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})\Z")
 _U64_MAX: Final = 2**64 - 1
 
 
+def ws_text_frame(text: str) -> bytes:
+    """One unmasked, uncompressed WebSocket text frame (RFC 6455 section 5.2).
+
+    Here rather than in broker/transports/framing.py, which imports this module: Event.ws_frame
+    and the framers' own frames (heartbeat) share it."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
 def parse_event_id(value: str) -> tuple[int, int]:
     """Split a `<ms>-<seq>` id into a sortable tuple; ValueError when malformed.
 
@@ -125,15 +141,7 @@ class Event:
     def ws_frame(self) -> bytes:
         """The `ws` text as one unmasked, uncompressed WebSocket frame (RFC 6455 §5.2)."""
         if self._ws_frame is None:
-            payload = self.ws.encode()
-            size = len(payload)
-            if size < 126:
-                header = bytes((0x81, size))
-            elif size < 65536:
-                header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-            else:
-                header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-            self._ws_frame = header + payload
+            self._ws_frame = ws_text_frame(self.ws)
         return self._ws_frame
 
     def as_dict(self) -> dict[str, Any]:

@@ -179,14 +179,14 @@ class Cluster:
         _wait(self.healthy, "a healthy cluster with 3 primaries", timeout)
 
 
-@contextlib.contextmanager
-def redis_cluster() -> Iterator[Cluster]:
-    workdir = Path(tempfile.mkdtemp(prefix="unbroken-cluster-"))
-    cluster = Cluster()
+def start_cluster_nodes(workdir: Path, count: int, *args: str) -> list[_Server]:
+    """`count` cluster-enabled servers (no slots yet: see form_cluster), `args` appended. When
+    one fails to start, those already started are killed."""
+    servers: list[_Server] = []
     try:
-        for _ in range(6):
+        for _ in range(count):
             port = free_port()
-            cluster.servers.append(
+            servers.append(
                 _start(
                     workdir,
                     port,
@@ -197,30 +197,54 @@ def redis_cluster() -> Iterator[Cluster]:
                     # The bus port defaults to port + 10000, which a free high port overflows.
                     "--cluster-port",
                     str(free_port()),
-                    "--cluster-node-timeout",
-                    str(NODE_TIMEOUT_MS),
-                    # Promote a replica however long it was out of touch: the test kills a
-                    # primary a moment after the cluster formed.
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    "--stream-node-max-bytes",
-                    "1024",
+                    *args,
                 )
             )
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{s.port}" for s in cluster.servers],
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
+    except BaseException:
+        for server in servers:
+            server.kill()
+        raise
+    return servers
+
+
+def form_cluster(servers: list[_Server], *, replicas: int) -> None:
+    """`redis-cli --cluster create` over these nodes, with `replicas` replicas per primary."""
+    subprocess.run(
+        [
+            "redis-cli",
+            "--cluster",
+            "create",
+            *[f"127.0.0.1:{s.port}" for s in servers],
+            "--cluster-replicas",
+            str(replicas),
+            "--cluster-yes",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@contextlib.contextmanager
+def redis_cluster() -> Iterator[Cluster]:
+    workdir = Path(tempfile.mkdtemp(prefix="unbroken-cluster-"))
+    cluster = Cluster()
+    try:
+        cluster.servers.extend(
+            start_cluster_nodes(
+                workdir,
+                6,
+                "--cluster-node-timeout",
+                str(NODE_TIMEOUT_MS),
+                # Promote a replica however long it was out of touch: the test kills a
+                # primary a moment after the cluster formed.
+                "--cluster-replica-validity-factor",
+                "0",
+                "--stream-node-max-bytes",
+                "1024",
+            )
         )
+        form_cluster(cluster.servers, replicas=1)
         cluster.wait_healthy()
         # Every replica has finished its first sync, so a promotion loses nothing written later.
         _wait(

@@ -38,6 +38,36 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def channel_post(
+    broker: Broker, opened: dict[str, Any], action: str, token: str, body: Any = None
+) -> tuple[int, Any]:
+    """POST /v1/channels/{id}/<action> with `token`: (status, JSON body; None for a 204).
+    `body` bytes go as they are (malformed JSON), anything else but None as JSON."""
+    url = f"{broker.url}/v1/channels/{opened['id']}/{action}"
+    kwargs: dict[str, Any] = {"headers": bearer(token)}
+    if isinstance(body, bytes):
+        kwargs["data"] = body
+    elif body is not None:
+        kwargs["json"] = body
+    async with broker.session.post(url, **kwargs) as response:
+        return response.status, (await response.json() if response.status != 204 else None)
+
+
+async def channel_status(broker: Broker, opened: dict[str, Any]) -> dict[str, Any]:
+    """GET /v1/channels/{id} with the read token (must answer 200)."""
+    url = f"{broker.url}/v1/channels/{opened['id']}"
+    async with broker.session.get(url, headers=bearer(opened["read_token"])) as response:
+        assert response.status == 200
+        return dict(await response.json())
+
+
+async def until_subscribed(broker: Broker, opened: dict[str, Any], count: int = 1) -> None:
+    """Wait (10 s at most) until the channel has `count` readers on this broker."""
+    async with asyncio.timeout(10):
+        while sum((await channel_status(broker, opened))["subscribers"].values()) < count:
+            await asyncio.sleep(0.02)
+
+
 @contextlib.asynccontextmanager
 async def running_broker(
     settings: Settings | None = None, **overrides: Any

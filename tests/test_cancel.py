@@ -17,7 +17,17 @@ from broker.config import Settings
 from broker.engine import redis_layout
 from broker.engine.base import ChannelCancelled
 from broker.events import pack, unpack
-from tests.support import Broker, Received, bearer, read, read_sse, redis_settings, running_broker
+from tests.support import (
+    Broker,
+    Received,
+    bearer,
+    channel_post,
+    read,
+    read_sse,
+    redis_settings,
+    running_broker,
+    until_subscribed,
+)
 
 TRANSPORTS = ["sse", "chunked", "ws", "poll"]
 
@@ -28,33 +38,10 @@ async def broker(settings: Settings) -> AsyncIterator[Broker]:
         yield running
 
 
-async def post(
-    broker: Broker, opened: dict[str, Any], action: str, token: str, body: Any = None
-) -> tuple[int, Any]:
-    url = f"{broker.url}/v1/channels/{opened['id']}/{action}"
-    kwargs: dict[str, Any] = {"headers": bearer(token)}
-    if isinstance(body, bytes):
-        kwargs["data"] = body
-    elif body is not None:
-        kwargs["json"] = body
-    async with broker.session.post(url, **kwargs) as response:
-        return response.status, await response.json()
-
-
 async def write(broker: Broker, opened: dict[str, Any], data: Any) -> tuple[int, Any]:
-    return await post(broker, opened, "messages", opened["channel_token"]["token"], {"data": data})
-
-
-async def subscribers(broker: Broker, opened: dict[str, Any]) -> int:
-    url = f"{broker.url}/v1/channels/{opened['id']}"
-    async with broker.session.get(url, headers=bearer(opened["read_token"])) as response:
-        return sum((await response.json())["subscribers"].values())
-
-
-async def until_subscribed(broker: Broker, opened: dict[str, Any], count: int = 1) -> None:
-    async with asyncio.timeout(10):
-        while await subscribers(broker, opened) < count:
-            await asyncio.sleep(0.02)
+    return await channel_post(
+        broker, opened, "messages", opened["channel_token"]["token"], {"data": data}
+    )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -63,7 +50,9 @@ async def test_every_transport_sees_the_cancel(broker: Broker, transport: str) -
     assert (await write(broker, opened, "token 1"))[0] == 201
     reader = asyncio.create_task(read(broker.session, opened, transport))
     await until_subscribed(broker, opened)
-    status, body = await post(broker, opened, "cancel", opened["read_token"], {"reason": "stop"})
+    status, body = await channel_post(
+        broker, opened, "cancel", opened["read_token"], {"reason": "stop"}
+    )
     assert status == 201 and body["duplicate"] is False
     assert body["ids"] == [body["last_event_id"]]
     received: Received = await asyncio.wait_for(reader, 10)
@@ -83,7 +72,7 @@ async def test_websocket_closes_with_reason_cancelled(broker: Broker) -> None:
     url = f"{opened['urls']['ws']}?token={opened['read_token']}"
     async with broker.session.ws_connect(url) as socket:
         await until_subscribed(broker, opened)
-        status, body = await post(broker, opened, "cancel", opened["read_token"])
+        status, body = await channel_post(broker, opened, "cancel", opened["read_token"])
         assert status == 201
         frame = await socket.receive(timeout=5)
         assert json.loads(frame.data) == {
@@ -103,7 +92,7 @@ async def test_poll_returns_the_cancel_with_ended(broker: Broker) -> None:
         broker.session.get(url, params={"token": opened["read_token"], "timeout": "10"})
     )
     await until_subscribed(broker, opened)
-    status, body = await post(broker, opened, "cancel", opened["channel_token"]["token"])
+    status, body = await channel_post(broker, opened, "cancel", opened["channel_token"]["token"])
     assert status == 201  # the write token may cancel too
     async with await poll as response:
         batch = await response.json()
@@ -120,25 +109,25 @@ async def test_cancel_route_answers(broker: Broker) -> None:
         json.dumps({"reason": 5}).encode(),
         json.dumps({"reason": "x" * 201}).encode(),
     ):
-        status, body = await post(broker, opened, "cancel", read_token, bad)
+        status, body = await channel_post(broker, opened, "cancel", read_token, bad)
         assert status == 400, body
         assert body["error"]["code"] in ("invalid_json", "invalid_body", "invalid_reason")
-    status, body = await post(broker, opened, "cancel", read_token, {"reason": 5})
+    status, body = await channel_post(broker, opened, "cancel", read_token, {"reason": 5})
     assert (status, body["error"]["code"]) == (400, "invalid_reason")
     url = f"{broker.url}/v1/channels/{opened['id']}/cancel"
     async with broker.session.post(url) as response:
         assert response.status == 401
     other = await broker.open()
-    status, body = await post(broker, opened, "cancel", other["read_token"])
+    status, body = await channel_post(broker, opened, "cancel", other["read_token"])
     assert (status, body["error"]["code"]) == (403, "token_wrong_channel")
 
-    status, first = await post(broker, opened, "cancel", read_token, {"reason": "x" * 200})
+    status, first = await channel_post(broker, opened, "cancel", read_token, {"reason": "x" * 200})
     assert status == 201
-    status, again = await post(broker, opened, "cancel", write_token, {"reason": "again"})
+    status, again = await channel_post(broker, opened, "cancel", write_token, {"reason": "again"})
     assert status == 200
     assert again == {"ids": [], "duplicate": True, "last_event_id": first["last_event_id"]}
     for action, payload in (("messages", {"data": 1}), ("end", {}), ("error", {})):
-        status, body = await post(broker, opened, action, write_token, payload)
+        status, body = await channel_post(broker, opened, action, write_token, payload)
         assert (status, body["error"]["code"]) == (409, "channel_cancelled"), action
     async with broker.session.get(
         f"{broker.url}/v1/channels/{opened['id']}", headers=bearer(read_token)
@@ -146,8 +135,8 @@ async def test_cancel_route_answers(broker: Broker) -> None:
         assert (await response.json())["state"] == "cancelled"
 
     ended = await broker.open()
-    assert (await post(broker, ended, "end", ended["channel_token"]["token"], {}))[0] == 201
-    status, body = await post(broker, ended, "cancel", ended["read_token"])
+    assert (await channel_post(broker, ended, "end", ended["channel_token"]["token"], {}))[0] == 201
+    status, body = await channel_post(broker, ended, "cancel", ended["read_token"])
     assert (status, body["error"]["code"]) == (409, "channel_ended")
 
     vanished = await broker.open()
@@ -156,7 +145,7 @@ async def test_cancel_route_answers(broker: Broker) -> None:
         headers=bearer(vanished["channel_token"]["token"]),
     ) as response:
         assert response.status == 204
-    status, body = await post(broker, vanished, "cancel", vanished["read_token"])
+    status, body = await channel_post(broker, vanished, "cancel", vanished["read_token"])
     assert (status, body["error"]["code"]) == (410, "channel_gone")
 
 
@@ -178,7 +167,9 @@ async def test_only_terminal_tells_the_writer(broker: Broker) -> None:
     async with asyncio.timeout(5):  # heartbeats (every 0.3 s) keep coming; messages do not
         while sum(1 for kind, _ in heard.notices if kind == "hb") < 2:
             await asyncio.sleep(0.05)
-    status, body = await post(broker, opened, "cancel", opened["read_token"], {"reason": "stop"})
+    status, body = await channel_post(
+        broker, opened, "cancel", opened["read_token"], {"reason": "stop"}
+    )
     assert status == 201
     await asyncio.wait_for(listening, 10)
     assert heard.status == 200
@@ -204,7 +195,9 @@ async def test_only_terminal_tells_the_writer(broker: Broker) -> None:
     )
     await until_subscribed(broker, ending)
     await write(broker, ending, "x")
-    status, body = await post(broker, ending, "end", ending["channel_token"]["token"], {"data": 1})
+    status, body = await channel_post(
+        broker, ending, "end", ending["channel_token"]["token"], {"data": 1}
+    )
     heard = await asyncio.wait_for(listening, 10)
     assert heard.events == [(body["last_event_id"], "end", 1)]
 
@@ -239,7 +232,7 @@ async def test_cancel_on_one_broker_reaches_readers_and_writers_of_another(
             assert (await write(second, on_second, "token"))[0] == 201
             reader = asyncio.create_task(read(second.session, on_second, "sse"))
             await until_subscribed(second, on_second)
-            status, body = await post(
+            status, body = await channel_post(
                 first, opened, "cancel", opened["read_token"], {"reason": "x"}
             )
             assert status == 201

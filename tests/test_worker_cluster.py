@@ -18,10 +18,8 @@ from broker.config import Settings
 from broker.engine.redis_client import connect
 from broker.engine.redis_layout import channel_keys
 from tests.redis_cluster import Cluster, SentinelPair, redis_cluster, redis_sentinel, tools_missing
-from tests.support import Broker, read, running_broker
+from tests.support import TEST_SECRET, Broker, read, running_broker
 from worker import Channel, ChannelCancelled
-
-SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
 
 pytestmark = pytest.mark.skipif(tools_missing() is not None, reason=str(tools_missing()))
 
@@ -102,7 +100,7 @@ async def test_redis_direct_writer_on_every_shard_writes_and_hears_the_cancel(
     broker, url, prefix = deployment
     names = await names_on_every_shard(url, prefix)
     opened = [await broker.open(name=name) for name in names]
-    options = {"redis_url": url, "redis_prefix": prefix, "secret": SECRET}
+    options = {"redis_url": url, "redis_prefix": prefix, "secret": TEST_SECRET}
     writers = [Channel.from_token(o["channel_token"], **options) for o in opened]
     for n, writer in enumerate(writers):
         await asyncio.gather(*(writer.write([n, m]) for m in range(20)))  # one coalesced batch

@@ -17,10 +17,8 @@ from redis.asyncio import Redis
 from broker.config import Settings
 from broker.engine.redis_layout import channel_keys
 from tests.redis_server import RestartableRedis
-from tests.support import Broker, read, running_broker
+from tests.support import TEST_SECRET, Broker, read, running_broker
 from worker import Channel, WriteFailedError
-
-SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs the redis-server binary"
@@ -34,7 +32,7 @@ async def redis_and_broker(
     server = restartable_redis
     settings = Settings(engine="redis", redis_url=server.url, redis_prefix="outage")
     async with running_broker(settings) as broker:
-        options = {"redis_url": server.url, "redis_prefix": "outage", "secret": SECRET}
+        options = {"redis_url": server.url, "redis_prefix": "outage", "secret": TEST_SECRET}
         yield server, broker, options
 
 

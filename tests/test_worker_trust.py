@@ -14,11 +14,8 @@ from redis.asyncio import Redis
 
 from broker.engine.redis_layout import channel_keys
 from broker.tokens import KeyRing
-from tests.support import Broker, read, redis_settings, running_broker
+from tests.support import TEST_SECRET, Broker, read, redis_settings, running_broker
 from worker import BadTokenError, Channel
-
-SECRET = "test:secret-for-tests"  # tests.support.running_broker's key ring
-
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
 
@@ -85,7 +82,7 @@ async def test_redis_direct_writes_need_a_verified_token(
     foreign = KeyRing.parse("other:another-brokers-key").sign(victim["id"], "write", broker.url, 60)
     for token in (forged, foreign, {**own["channel_token"], "token": forged}):
         with pytest.raises(BadTokenError) as refused:
-            await Channel.from_token(token, secret=SECRET, **redis).write("injected")
+            await Channel.from_token(token, secret=TEST_SECRET, **redis).write("injected")
         assert refused.value.code == "token_invalid"
     # Without the key ring nothing can be verified, so even the genuine token is refused,
     # with the setting to fix named.
@@ -95,7 +92,7 @@ async def test_redis_direct_writes_need_a_verified_token(
     assert await stream_length(redis_url, prefix, victim["id"]) == 0
 
     # The genuine token with the broker's key ring writes.
-    async with Channel.from_token(own["channel_token"], secret=SECRET, **redis) as channel:
+    async with Channel.from_token(own["channel_token"], secret=TEST_SECRET, **redis) as channel:
         await channel.write("mine")
     received = await read(broker.session, own, "poll")
     assert received.messages == ["mine"] and received.terminal == ("end", None)
@@ -111,7 +108,7 @@ async def test_http_writes_refuse_forged_tokens(listener: Listener) -> None:
         for token in (forged, foreign):
             # With the key ring the worker refuses before sending anything ...
             with pytest.raises(BadTokenError) as local:
-                Channel.from_token(token, broker_url=broker.url, secret=SECRET)
+                Channel.from_token(token, broker_url=broker.url, secret=TEST_SECRET)
             assert local.value.code == "token_invalid"
             # ... and without it the broker does.
             channel = Channel.from_token(token, broker_url=broker.url)
@@ -127,12 +124,12 @@ async def test_http_writes_refuse_forged_tokens(listener: Listener) -> None:
 async def test_a_token_never_sends_the_worker_elsewhere(listener: Listener) -> None:
     async with running_broker() as broker:
         opened = await broker.open()
-        ring = KeyRing.parse(SECRET)
+        ring = KeyRing.parse(TEST_SECRET)
         # The serialized object's URL and the (genuinely signed) claim both point at the spy.
         redirected = dict(opened["channel_token"], broker=listener.url)
         signed_elsewhere = ring.sign(opened["id"], "write", listener.url, 60)
         for token in (redirected, signed_elsewhere):
-            for options in ({"broker_url": broker.url}, {}, {"secret": SECRET}):
+            for options in ({"broker_url": broker.url}, {}, {"secret": TEST_SECRET}):
                 with pytest.raises(BadTokenError, match="UNBROKEN_BROKER_URL") as refused:
                     channel = Channel.from_token(token, **options)
                     await channel.write("to the spy?")
@@ -142,7 +139,7 @@ async def test_a_token_never_sends_the_worker_elsewhere(listener: Listener) -> N
             opened["channel_token"], broker=broker.url.replace("http://", "HTTP://") + "/"
         )
         allow = f"http://elsewhere.invalid:80,{broker.url}"
-        async with Channel.from_token(spelled, broker_url=allow, secret=SECRET) as channel:
+        async with Channel.from_token(spelled, broker_url=allow, secret=TEST_SECRET) as channel:
             await channel.write("through the allowed broker")
         received = await read(broker.session, opened, "poll")
         assert received.messages == ["through the allowed broker"]

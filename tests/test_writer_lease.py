@@ -19,10 +19,13 @@ from tests.support import (
     Broker,
     Received,
     bearer,
+    channel_post,
+    channel_status,
     read_sse,
     reader_url,
     redis_settings,
     running_broker,
+    until_subscribed,
 )
 
 LEASE = 5  # the shortest lease the API accepts
@@ -35,36 +38,15 @@ async def broker(settings: Settings) -> AsyncIterator[Broker]:
         yield running
 
 
-async def post(
-    broker: Broker, opened: dict[str, Any], action: str, token: str, body: Any = None
-) -> tuple[int, Any]:
-    url = f"{broker.url}/v1/channels/{opened['id']}/{action}"
-    async with broker.session.post(url, json=body, headers=bearer(token)) as response:
-        return response.status, (await response.json() if response.status != 204 else None)
-
-
 async def write(broker: Broker, opened: dict[str, Any], data: Any) -> None:
-    status, body = await post(
+    status, body = await channel_post(
         broker, opened, "messages", opened["channel_token"]["token"], {"data": data}
     )
     assert status == 201, body
 
 
 async def beat(broker: Broker, opened: dict[str, Any]) -> int:
-    return (await post(broker, opened, "heartbeat", opened["channel_token"]["token"]))[0]
-
-
-async def status_of(broker: Broker, opened: dict[str, Any]) -> dict[str, Any]:
-    url = f"{broker.url}/v1/channels/{opened['id']}"
-    async with broker.session.get(url, headers=bearer(opened["read_token"])) as response:
-        assert response.status == 200
-        return dict(await response.json())
-
-
-async def until_subscribed(broker: Broker, opened: dict[str, Any]) -> None:
-    async with asyncio.timeout(10):
-        while sum((await status_of(broker, opened))["subscribers"].values()) < 1:
-            await asyncio.sleep(0.02)
+    return (await channel_post(broker, opened, "heartbeat", opened["channel_token"]["token"]))[0]
 
 
 async def test_silent_writer_ends_the_channel(broker: Broker) -> None:
@@ -84,11 +66,11 @@ async def test_silent_writer_ends_the_channel(broker: Broker) -> None:
     assert received.terminal == ("error", LEASE_ERROR)
 
     # Nobody reads the other one: a status request ends it, and a reader then sees why.
-    status = await status_of(broker, unwatched)
+    status = await channel_status(broker, unwatched)
     assert (status["state"], status["writer_timeout"]) == ("ended", LEASE)
     late = await read_sse(broker.session, reader_url(unwatched, "sse"), Received())
     assert late.messages == ["the last word"] and late.terminal == ("error", LEASE_ERROR)
-    status, refused = await post(
+    status, refused = await channel_post(
         broker, unwatched, "messages", unwatched["channel_token"]["token"], {"data": "late"}
     )
     assert (status, refused["error"]["code"]) == (409, "channel_ended")
@@ -112,16 +94,18 @@ async def test_heartbeats_and_writes_keep_the_channel_open(broker: Broker) -> No
         await write(broker, writing, "token")
         await asyncio.sleep(1.5)
     for opened in (beating, writing):
-        assert (await status_of(broker, opened))["state"] == "open"
+        assert (await channel_status(broker, opened))["state"] == "open"
         assert readers[opened["id"]].terminal is None
     await write(broker, beating, "after the beats")
-    assert (await post(broker, beating, "end", beating["channel_token"]["token"], {}))[0] == 201
+    assert (await channel_post(broker, beating, "end", beating["channel_token"]["token"], {}))[
+        0
+    ] == 201
     async with asyncio.timeout(5):
         while readers[beating["id"]].terminal is None:
             await asyncio.sleep(0.02)
     assert readers[beating["id"]].messages == ["after the beats"]
     assert readers[beating["id"]].terminal == ("end", None)
-    await post(broker, writing, "end", writing["channel_token"]["token"], {})
+    await channel_post(broker, writing, "end", writing["channel_token"]["token"], {})
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
 
 
@@ -129,10 +113,10 @@ async def test_open_and_heartbeat_answers(settings: Settings) -> None:
     async with running_broker(settings.with_overrides(writer_timeout=7)) as broker:
         default = await broker.open()
         assert default["writer_timeout"] == default["channel_token"]["writer_timeout"] == 7
-        assert (await status_of(broker, default))["writer_timeout"] == 7
+        assert (await channel_status(broker, default))["writer_timeout"] == 7
         unleased = await broker.open(writer_timeout=0)
         assert unleased["writer_timeout"] == 0
-        assert (await status_of(broker, unleased))["writer_timeout"] == 0
+        assert (await channel_status(broker, unleased))["writer_timeout"] == 0
         for bad in (4, 86_401, -1, "10", 5.5, True, None, [10]):
             async with broker.session.post(
                 f"{broker.url}/v1/channels", json={"writer_timeout": bad}
@@ -142,15 +126,17 @@ async def test_open_and_heartbeat_answers(settings: Settings) -> None:
                 assert body["error"]["code"] == "invalid_writer_timeout"
 
         assert await beat(broker, default) == 204
-        status, refused = await post(broker, default, "heartbeat", default["read_token"])
+        status, refused = await channel_post(broker, default, "heartbeat", default["read_token"])
         assert (status, refused["error"]["code"]) == (403, "token_wrong_scope")
-        assert (await post(broker, default, "end", default["channel_token"]["token"], {}))[0] == 201
-        status, refused = await post(
+        assert (await channel_post(broker, default, "end", default["channel_token"]["token"], {}))[
+            0
+        ] == 201
+        status, refused = await channel_post(
             broker, default, "heartbeat", default["channel_token"]["token"]
         )
         assert (status, refused["error"]["code"]) == (409, "channel_ended")
-        assert (await post(broker, unleased, "cancel", unleased["read_token"]))[0] == 201
-        status, refused = await post(
+        assert (await channel_post(broker, unleased, "cancel", unleased["read_token"]))[0] == 201
+        status, refused = await channel_post(
             broker, unleased, "heartbeat", unleased["channel_token"]["token"]
         )
         assert (status, refused["error"]["code"]) == (409, "channel_cancelled")
@@ -159,7 +145,9 @@ async def test_open_and_heartbeat_answers(settings: Settings) -> None:
             f"{broker.url}/v1/channels/{gone['id']}", headers=bearer(gone["channel_token"]["token"])
         ) as response:
             assert response.status == 204
-        status, refused = await post(broker, gone, "heartbeat", gone["channel_token"]["token"])
+        status, refused = await channel_post(
+            broker, gone, "heartbeat", gone["channel_token"]["token"]
+        )
         assert (status, refused["error"]["code"]) == (410, "channel_gone")
 
 
@@ -189,7 +177,9 @@ async def test_redis_direct_heartbeat_keeps_the_lease(redis_url: str) -> None:
             with pytest.raises(ChannelEnded):
                 await redis_layout.heartbeat(redis, settings.redis_prefix, opened["id"])
             cancelled = await broker.open()
-            assert (await post(broker, cancelled, "cancel", cancelled["read_token"]))[0] == 201
+            assert (await channel_post(broker, cancelled, "cancel", cancelled["read_token"]))[
+                0
+            ] == 201
             with pytest.raises(ChannelCancelled):
                 await redis_layout.heartbeat(redis, settings.redis_prefix, cancelled["id"])
         finally:

@@ -34,11 +34,9 @@ if writer ~= '' then
   end
 end
 
-if m[1] == 'cancelled' then
-  return {'cancelled'}
-end
-if m[1] ~= 'open' then
-  return {'ended'}
+local closed = closed_reply(m[1])
+if closed then
+  return closed
 end
 
 local result = {'ok', ''}
@@ -57,43 +55,26 @@ for i = 1, n do
   end
 end
 
--- Exact trimming (not MAXLEN ~): a reader must be able to tell precisely what it missed, so the
--- id of the newest dropped entry is kept in meta as dropped_until.
-local max_messages = tonumber(m[4])
-local length = redis.call('XLEN', events)
-if max_messages and length > max_messages then
-  local dropped = redis.call('XRANGE', events, '-', '+', 'COUNT', length - max_messages)
-  redis.call('HSET', meta, 'dropped_until', dropped[#dropped][1])
-  redis.call('XTRIM', events, 'MAXLEN', max_messages)
-end
+trim_exactly(events, meta, m[4])
 
 redis.call('HSET', meta, 'updated_at', now, 'last_id', last_id)
 redis.call('HINCRBY', meta, 'count', n)
 local ttl
 if terminal then
   redis.call('HSET', meta, 'state', 'ended')
-  ttl = tonumber(m[3])
+  ttl = m[3]
 else
-  ttl = tonumber(m[2])
+  ttl = m[2]
   -- A write renews the writer lease (deadline on the server's clock, see create.lua).
-  local lease = tonumber(m[6] or '0') or 0
-  if lease > 0 then
-    local t = redis.call('TIME')
-    redis.call('HSET', meta, 'writer_deadline',
-      tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease * 1000)
-  end
+  renew_lease(meta, m[6])
 end
 if writer ~= '' then
   redis.call('HSET', writers, writer, ARGV[5] .. ' ' .. last_id)
 end
--- All keys of a channel expire together; a key that does not exist yet (no event, no writer)
--- is simply skipped by PEXPIRE.
-redis.call('PEXPIRE', meta, ttl * 1000)
-redis.call('PEXPIRE', events, ttl * 1000)
-redis.call('PEXPIRE', writers, ttl * 1000)
+expire_all(events, meta, writers, ttl)
 
 for i = 1, n do
-  redis.call(PUBLISH, live, result[i + 2] .. '\n' .. kinds[i] .. '\n' .. ARGV[5 + 2 * i])
+  publish_entry(live, result[i + 2], kinds[i], ARGV[5 + 2 * i])
 end
 
 result[2] = last_id

@@ -24,23 +24,6 @@ if m[1] ~= 'open' then
   return {'ended'}
 end
 
-local id = redis.call('XADD', events, '*', 'type', 'cancelled', 'data', data)
-
--- Exact trimming, as in append.lua.
-local max_messages = tonumber(m[3])
-local length = redis.call('XLEN', events)
-if max_messages and length > max_messages then
-  local dropped = redis.call('XRANGE', events, '-', '+', 'COUNT', length - max_messages)
-  redis.call('HSET', meta, 'dropped_until', dropped[#dropped][1])
-  redis.call('XTRIM', events, 'MAXLEN', max_messages)
-end
-
-redis.call('HSET', meta, 'state', 'cancelled', 'updated_at', now, 'last_id', id)
-redis.call('HINCRBY', meta, 'count', 1)
-local ttl = tonumber(m[2]) * 1000
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', events, ttl)
-redis.call('PEXPIRE', writers, ttl)
-
-redis.call(PUBLISH, live, id .. '\n' .. 'cancelled' .. '\n' .. data)
+local id = append_terminal(events, meta, writers, live, now, 'cancelled', data, 'cancelled', m[3],
+  m[2])
 return {'ok', id}

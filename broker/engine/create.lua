@@ -18,8 +18,7 @@ redis.call('HSET', KEYS[2], 'state', 'open', 'created_at', ARGV[1], 'updated_at'
 local lease = tonumber(ARGV[5] or '0') or 0
 local deadline = 0
 if lease > 0 then
-  local t = redis.call('TIME')
-  deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease * 1000
+  deadline = server_ms() + lease * 1000
 end
 redis.call('HSET', KEYS[2], 'writer_timeout', lease, 'writer_deadline', deadline)
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 1000)

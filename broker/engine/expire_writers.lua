@@ -21,29 +21,9 @@ if m[1] ~= 'open' then
 end
 local lease = tonumber(m[4] or '0') or 0
 local deadline = tonumber(m[5] or '0') or 0
-local t = redis.call('TIME')
-local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if lease <= 0 or deadline <= 0 or deadline > clock then
+if lease <= 0 or deadline <= 0 or deadline > server_ms() then
   return {'alive'}
 end
 
-local id = redis.call('XADD', events, '*', 'type', 'error', 'data', data)
-
--- Exact trimming, as in append.lua.
-local max_messages = tonumber(m[3])
-local length = redis.call('XLEN', events)
-if max_messages and length > max_messages then
-  local dropped = redis.call('XRANGE', events, '-', '+', 'COUNT', length - max_messages)
-  redis.call('HSET', meta, 'dropped_until', dropped[#dropped][1])
-  redis.call('XTRIM', events, 'MAXLEN', max_messages)
-end
-
-redis.call('HSET', meta, 'state', 'ended', 'updated_at', now, 'last_id', id)
-redis.call('HINCRBY', meta, 'count', 1)
-local ttl = tonumber(m[2]) * 1000
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', events, ttl)
-redis.call('PEXPIRE', writers, ttl)
-
-redis.call(PUBLISH, live, id .. '\n' .. 'error' .. '\n' .. data)
+local id = append_terminal(events, meta, writers, live, now, 'error', data, 'ended', m[3], m[2])
 return {'ok', id}

@@ -9,25 +9,12 @@
 local events, meta, writers = KEYS[1], KEYS[2], KEYS[3]
 
 local m = redis.call('HMGET', meta, 'state', 'idle_ttl', 'writer_timeout')
-if not m[1] then
-  return {'not_found'}
-end
-if m[1] == 'cancelled' then
-  return {'cancelled'}
-end
-if m[1] ~= 'open' then
-  return {'ended'}
+local closed = closed_reply(m[1])
+if closed then
+  return closed
 end
 
-local lease = tonumber(m[3] or '0') or 0
-if lease > 0 then
-  local t = redis.call('TIME')
-  redis.call('HSET', meta, 'writer_deadline',
-    tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease * 1000)
-end
+renew_lease(meta, m[3])
 -- A living writer keeps its channel from expiring, as a write would.
-local ttl = tonumber(m[2]) * 1000
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', events, ttl)
-redis.call('PEXPIRE', writers, ttl)
+expire_all(events, meta, writers, m[2])
 return {'ok'}

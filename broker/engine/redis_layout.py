@@ -89,10 +89,13 @@ class LuaScript:
 # (SHARDED_PUBSUB_CHECK), so a worker and a broker always agree whatever their versions.
 SHARDED_PUBSUB_CHECK = "(redis.REDIS_VERSION_NUM or 0) >= 0x070000"
 PRELUDE = f"local PUBLISH = {SHARDED_PUBSUB_CHECK} and 'SPUBLISH' or 'PUBLISH'\n".encode()
+# Then the local functions the scripts share (trim_exactly, expire_all, publish_entry, ...): one
+# copy in lib.lua, yet each script stays a single self-contained body for EVALSHA.
+LIBRARY = PRELUDE + Path(__file__).with_name("lib.lua").read_bytes()
 
 
 def _load(name: str) -> LuaScript:
-    return LuaScript(name, PRELUDE + Path(__file__).with_name(name).read_bytes())
+    return LuaScript(name, LIBRARY + Path(__file__).with_name(name).read_bytes())
 
 
 async def sharded_pubsub(redis: Any) -> bool:
@@ -298,13 +301,20 @@ async def run_append(
         )
     if status == "duplicate":
         return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
+    raise _refusal(APPEND, reply, channel_id)
+
+
+def _refusal(script: LuaScript, reply: Any, channel_id: str) -> Exception:
+    """The exception for a script's answer that the channel takes no writes (lib.lua's
+    closed_reply: not_found, cancelled, ended); RuntimeError for any other answer."""
+    status = _text(reply[0])
     if status == "not_found":
-        raise ChannelNotFound(channel_id)
+        return ChannelNotFound(channel_id)
     if status == "cancelled":
-        raise ChannelCancelled(channel_id)
+        return ChannelCancelled(channel_id)
     if status == "ended":
-        raise ChannelEnded(channel_id)
-    raise RuntimeError(f"append.lua answered {reply!r}")
+        return ChannelEnded(channel_id)
+    return RuntimeError(f"{script.name} answered {reply!r}")
 
 
 async def cancel_channel(
@@ -319,11 +329,7 @@ async def cancel_channel(
         return AppendResult(ids=[event_id], duplicate=False, last_event_id=event_id)
     if status == "duplicate":
         return AppendResult(ids=[], duplicate=True, last_event_id=_text(reply[1]) or None)
-    if status == "not_found":
-        raise ChannelNotFound(channel_id)
-    if status == "ended":
-        raise ChannelEnded(channel_id)
-    raise RuntimeError(f"cancel.lua answered {reply!r}")
+    raise _refusal(CANCEL, reply, channel_id)
 
 
 async def heartbeat(redis: Client, prefix: str, channel_id: str) -> None:
@@ -333,16 +339,8 @@ async def heartbeat(redis: Client, prefix: str, channel_id: str) -> None:
     Raises ChannelNotFound, ChannelEnded, ChannelCancelled (stop: a reader cancelled)."""
     keys = channel_keys(prefix, channel_id)
     reply = await HEARTBEAT(redis, keys.stored, [])
-    status = _text(reply[0])
-    if status == "ok":
-        return
-    if status == "not_found":
-        raise ChannelNotFound(channel_id)
-    if status == "cancelled":
-        raise ChannelCancelled(channel_id)
-    if status == "ended":
-        raise ChannelEnded(channel_id)
-    raise RuntimeError(f"heartbeat.lua answered {reply!r}")
+    if _text(reply[0]) != "ok":
+        raise _refusal(HEARTBEAT, reply, channel_id)
 
 
 async def expire_writers(redis: Client, prefix: str, channel_ids: Sequence[str]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from aiohttp import web
 
-from broker.events import Event, dumps
+from broker.events import Event, dumps, ws_text_frame
 from broker.hub import Socket, reset
 from broker.vocabulary import ReconnectReason
 
@@ -33,19 +33,6 @@ WS_CLOSE_TIMEOUT = 5.0  # seconds the last frames and the close handshake may ta
 
 def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def ws_text_frame(text: str) -> bytes:
-    """One unmasked, uncompressed WebSocket text frame (RFC 6455 section 5.2)."""
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 65536:
-        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-    return header + payload
 
 
 class Framer(abc.ABC):
