@@ -53,6 +53,8 @@ class Tally:
         self.unexpected.extend(reader.unexpected)
         if reader.total != len(reader.seqs):
             self.unexpected.extend(reader.skips or [f"{reader.transport}: lost the tail"])
+            if reader.told_ended is not None:
+                self.unexpected.append(reader.told_ended)
 
 
 class Reader:
@@ -81,6 +83,11 @@ class Reader:
         self.skips: list[str] = []  # where a seq jumped ahead: what a loss looked like
         self.connected_at = 0.0
         self.base = ""
+        # Set when the broker said "ended, nothing after your id" (SSE/chunked 204, poll
+        # `ended: true` with no events, WebSocket close 1000 at connect) instead of the reader
+        # seeing the terminal event: `ended` is then the broker's word, and a reader that lacks
+        # messages was told a false end (a lost tail), which a seq jump alone would not show.
+        self.told_ended: str | None = None
 
     def record(self, event_id: str, kind: str, data: Any) -> None:
         """Count each event at most once: as a duplicate (its id, or its payload's seq, seen
@@ -158,6 +165,15 @@ class Reader:
         await self._sse(session, base)
         return False
 
+    def _told_ended(self, how: str) -> None:
+        """The broker said the channel ended and nothing follows our last id."""
+        self.ended = self.last_id is not None
+        if self.ended:
+            self.told_ended = (
+                f"{self.transport} {self.channel_id}: told ended ({how}) after id {self.last_id}"
+                f" at seq {self.max_seq} ({len(self.seqs)} messages), by {self.base}"
+            )
+
     def _status(self, status: int, text: str) -> None:
         if status not in RETRYABLE:
             raise Unexpected(f"HTTP {status}: {text[:200]}")
@@ -167,7 +183,7 @@ class Reader:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=SILENCE)
         async with session.get(url, params=params, timeout=timeout) as response:
             if response.status == 204:  # resumed after the end: nothing left
-                self.ended = self.last_id is not None
+                self._told_ended("HTTP 204")
                 return
             if response.status != 200:
                 self._status(response.status, await response.text())
@@ -188,6 +204,8 @@ class Reader:
                     self.record(fields["id"], fields["event"], json.loads(fields["data"]))
                     if self.ended:
                         return
+                elif fields.get("event") == "gap":  # events were dropped: say so, read on
+                    self.unexpected.append(f"{self.transport}: gap {fields.get('data')}")
                 fields = {}
 
     async def _ws(self, session: aiohttp.ClientSession, base: str) -> None:
@@ -205,13 +223,15 @@ class Reader:
                 message = json.loads(frame.data)
                 if "id" in message:
                     self.record(message["id"], message["type"], message["data"])
+                elif message["type"] == "gap":  # events were dropped: say so, read on
+                    self.unexpected.append(f"{self.transport}: gap {message}")
                 elif message["type"] == "rejected":
                     code = message["error"]["code"]
                     if code not in ("shutting_down", "engine_unavailable"):
                         raise Unexpected(f"ws rejected: {message}")
             if socket.close_code == 1000 and not self.ended:
                 # Closed as ended right at connect: the end event came before our position.
-                self.ended = self.last_id is not None
+                self._told_ended("close 1000")
             elif socket.close_code is not None and socket.close_code >= 4000:
                 if socket.close_code - 4000 not in RETRYABLE:
                     raise Unexpected(f"ws close {socket.close_code}")
@@ -231,7 +251,7 @@ class Reader:
         if body["gap"]:
             raise Unexpected(f"gap {body['gap']}")
         if body["ended"] and not self.ended:
-            self.ended = self.last_id is not None
+            self._told_ended("ended: true")
         return True
 
 
