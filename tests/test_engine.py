@@ -697,6 +697,9 @@ async def test_watch_before_create(backend: Backend) -> None:
     await engine.create("later")
     ids = (await engine.append("later", msgs(1))).ids
     await until(lambda: recorder.ids("later") == ids)
+    # Watched while it did not exist yet: not reported gone, and the event arrives once.
+    assert recorder.gone == []
+    assert [e.data for e in recorder.events["later"]] == [1]
 
 
 # -- the Redis engine's own: its key layout and its pub/sub connection ------------------------
@@ -799,32 +802,35 @@ async def test_one_pubsub_connection_for_all_channels(redis_url: str) -> None:
     """The relay's cost does not grow with watched channels: one connection, one task.
     (A real Redis only: it counts server-side connections, which fakeredis cannot list.)"""
     client: Any = Redis.from_url(redis_url)
-    before = len(_lines(await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")))
+
+    async def pubsub_connections() -> int:
+        return len(_lines(await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")))
+
+    before = await pubsub_connections()
     engine = RedisEngine(
         Limits(), prefix=f"test-{uuid.uuid4().hex}", client=Redis.from_url(redis_url)
     )
     recorder = Recorder()
     await engine.start(recorder)
     try:
-        await _one_pubsub_connection(engine, recorder, client, before)
+        names = [f"many-{n}" for n in range(50)]
+        for name in names:
+            await engine.create(name)
+        await asyncio.gather(*(engine.watch(name) for name in names))
+        assert await pubsub_connections() == before + 1
+        assert engine.stats()["feed_connections"] == 1
+        feed_tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-live-feed")]
+        assert len(feed_tasks) == 1
+        for name in names:
+            await engine.append(name, msgs(name))
+        await until(lambda: all(len(recorder.ids(name)) == 1 for name in names))
+        # Each channel got its own event, and delivering them opened nothing more.
+        assert all([e.data for e in recorder.events[n]] == [n] for n in names)
+        assert await pubsub_connections() == before + 1
     finally:
         await engine.close()
         await engine.redis.aclose()
         await client.aclose()
-
-
-async def _one_pubsub_connection(
-    engine: Engine, recorder: Recorder, client: Any, before: int
-) -> None:
-    names = [f"many-{n}" for n in range(50)]
-    for name in names:
-        await engine.create(name)
-    await asyncio.gather(*(engine.watch(name) for name in names))
-    listing = await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
-    assert len(_lines(listing)) == before + 1
-    for name in names:
-        await engine.append(name, msgs(name))
-    await until(lambda: all(len(recorder.ids(name)) == 1 for name in names))
 
 
 def _lines(listing: Any) -> list[str]:
