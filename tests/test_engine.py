@@ -166,6 +166,17 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def settled(engine: Engine, recorder: Recorder) -> None:
+    """Until the relay has delivered everything published before this call: a marker appended
+    now, to a channel of its own, arrives after it (one ordered pub/sub connection on Redis; in
+    order on the memory engine). How a test sees that nothing more (a duplicate) is coming."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    await engine.create(marker)
+    await engine.watch(marker)
+    ids = (await engine.append(marker, msgs("marker"))).ids
+    await until(lambda: recorder.ids(marker) == ids)
+
+
 def _delivered(recorder: Recorder, channel_id: str, ids: list[str]) -> bool:
     return recorder.ids(channel_id) == ids
 
@@ -603,7 +614,7 @@ async def test_delete_notifies_watcher(backend: Backend) -> None:
     await engine.watch("gone")
     await engine.delete("gone")
     await until(lambda: recorder.gone == ["gone"])
-    await asyncio.sleep(0.1)
+    await settled(engine, recorder)
     assert recorder.gone == ["gone"], "told once, although the deletion is also published"
     # Still watched (the hub unwatches when its subscribers leave): a channel created again under
     # that name is delivered, and its deletion told again.
@@ -612,7 +623,7 @@ async def test_delete_notifies_watcher(backend: Backend) -> None:
     await until(lambda: recorder.ids("gone") == ids)
     await engine.delete("gone")
     await until(lambda: recorder.gone == ["gone", "gone"])
-    await asyncio.sleep(0.1)
+    await settled(engine, recorder)
     assert recorder.gone == ["gone", "gone"]
 
 
@@ -737,6 +748,10 @@ async def test_key_layout(redis_backend: Backend) -> None:
     await engine.append("lay", [("end", pack(None))])
     for name in keys.stored:
         assert 199_000 < await client.pttl(name) <= 200_000
+
+
+def _at_least(items: list[str], count: int) -> bool:
+    return len(items) >= count
 
 
 def _reconnected(engine: RedisEngine, times: int) -> bool:
@@ -910,13 +925,13 @@ async def test_relay_survives_drops_under_load(
 
     for drop in (1, 2):
         task = asyncio.create_task(write(100))
-        await asyncio.sleep(0.05)
+        await until(functools.partial(_at_least, written, len(written) + 10))  # mid-stream
         await _drop_pubsub(backend, engine)
         await task
         await until(functools.partial(_reconnected, engine, drop))
     await write(5)
     await until(lambda: len(recorder.ids("load")) >= len(written))
-    await asyncio.sleep(0.1)
+    await settled(engine, recorder)
     assert recorder.ids("load") == written
     assert engine.feed.caught_up > 0, "some events were appended while disconnected"
 
