@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,19 @@ async def channel_status(broker: Broker, opened: dict[str, Any]) -> dict[str, An
     async with broker.session.get(url, headers=bearer(opened["read_token"])) as response:
         assert response.status == 200
         return dict(await response.json())
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10, every: float = 0.02
+) -> None:
+    """Wait until `condition()` holds, polling it; fail naming `what` after `timeout` s. The
+    timeout is generous on purpose: it only bounds a hang on a loaded 2-core CI machine."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await condition():
+                await asyncio.sleep(every)
+    except TimeoutError:
+        raise AssertionError(f"still not {what} after {timeout:g} s") from None
 
 
 async def until_subscribed(broker: Broker, opened: dict[str, Any], count: int = 1) -> None:

@@ -166,6 +166,17 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def settled(engine: Engine, recorder: Recorder) -> None:
+    """Until the relay has delivered everything published before this call: a marker appended
+    now, to a channel of its own, arrives after it (one ordered pub/sub connection on Redis; in
+    order on the memory engine). How a test sees that nothing more (a duplicate) is coming."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    await engine.create(marker)
+    await engine.watch(marker)
+    ids = (await engine.append(marker, msgs("marker"))).ids
+    await until(lambda: recorder.ids(marker) == ids)
+
+
 def _delivered(recorder: Recorder, channel_id: str, ids: list[str]) -> bool:
     return recorder.ids(channel_id) == ids
 
@@ -603,7 +614,7 @@ async def test_delete_notifies_watcher(backend: Backend) -> None:
     await engine.watch("gone")
     await engine.delete("gone")
     await until(lambda: recorder.gone == ["gone"])
-    await asyncio.sleep(0.1)
+    await settled(engine, recorder)
     assert recorder.gone == ["gone"], "told once, although the deletion is also published"
     # Still watched (the hub unwatches when its subscribers leave): a channel created again under
     # that name is delivered, and its deletion told again.
@@ -612,7 +623,7 @@ async def test_delete_notifies_watcher(backend: Backend) -> None:
     await until(lambda: recorder.ids("gone") == ids)
     await engine.delete("gone")
     await until(lambda: recorder.gone == ["gone", "gone"])
-    await asyncio.sleep(0.1)
+    await settled(engine, recorder)
     assert recorder.gone == ["gone", "gone"]
 
 
@@ -697,6 +708,9 @@ async def test_watch_before_create(backend: Backend) -> None:
     await engine.create("later")
     ids = (await engine.append("later", msgs(1))).ids
     await until(lambda: recorder.ids("later") == ids)
+    # Watched while it did not exist yet: not reported gone, and the event arrives once.
+    assert recorder.gone == []
+    assert [e.data for e in recorder.events["later"]] == [1]
 
 
 # -- the Redis engine's own: its key layout and its pub/sub connection ------------------------
@@ -734,6 +748,10 @@ async def test_key_layout(redis_backend: Backend) -> None:
     await engine.append("lay", [("end", pack(None))])
     for name in keys.stored:
         assert 199_000 < await client.pttl(name) <= 200_000
+
+
+def _at_least(items: list[str], count: int) -> bool:
+    return len(items) >= count
 
 
 def _reconnected(engine: RedisEngine, times: int) -> bool:
@@ -799,32 +817,35 @@ async def test_one_pubsub_connection_for_all_channels(redis_url: str) -> None:
     """The relay's cost does not grow with watched channels: one connection, one task.
     (A real Redis only: it counts server-side connections, which fakeredis cannot list.)"""
     client: Any = Redis.from_url(redis_url)
-    before = len(_lines(await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")))
+
+    async def pubsub_connections() -> int:
+        return len(_lines(await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")))
+
+    before = await pubsub_connections()
     engine = RedisEngine(
         Limits(), prefix=f"test-{uuid.uuid4().hex}", client=Redis.from_url(redis_url)
     )
     recorder = Recorder()
     await engine.start(recorder)
     try:
-        await _one_pubsub_connection(engine, recorder, client, before)
+        names = [f"many-{n}" for n in range(50)]
+        for name in names:
+            await engine.create(name)
+        await asyncio.gather(*(engine.watch(name) for name in names))
+        assert await pubsub_connections() == before + 1
+        assert engine.stats()["feed_connections"] == 1
+        feed_tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-live-feed")]
+        assert len(feed_tasks) == 1
+        for name in names:
+            await engine.append(name, msgs(name))
+        await until(lambda: all(len(recorder.ids(name)) == 1 for name in names))
+        # Each channel got its own event, and delivering them opened nothing more.
+        assert all([e.data for e in recorder.events[n]] == [n] for n in names)
+        assert await pubsub_connections() == before + 1
     finally:
         await engine.close()
         await engine.redis.aclose()
         await client.aclose()
-
-
-async def _one_pubsub_connection(
-    engine: Engine, recorder: Recorder, client: Any, before: int
-) -> None:
-    names = [f"many-{n}" for n in range(50)]
-    for name in names:
-        await engine.create(name)
-    await asyncio.gather(*(engine.watch(name) for name in names))
-    listing = await client.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
-    assert len(_lines(listing)) == before + 1
-    for name in names:
-        await engine.append(name, msgs(name))
-    await until(lambda: all(len(recorder.ids(name)) == 1 for name in names))
 
 
 def _lines(listing: Any) -> list[str]:
@@ -904,13 +925,13 @@ async def test_relay_survives_drops_under_load(
 
     for drop in (1, 2):
         task = asyncio.create_task(write(100))
-        await asyncio.sleep(0.05)
+        await until(functools.partial(_at_least, written, len(written) + 10))  # mid-stream
         await _drop_pubsub(backend, engine)
         await task
         await until(functools.partial(_reconnected, engine, drop))
     await write(5)
     await until(lambda: len(recorder.ids("load")) >= len(written))
-    await asyncio.sleep(0.1)
+    await settled(engine, recorder)
     assert recorder.ids("load") == written
     assert engine.feed.caught_up > 0, "some events were appended while disconnected"
 

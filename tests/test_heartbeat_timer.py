@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from broker.config import Settings
-from tests.support import reader_url, running_broker
+from tests.support import reader_url, running_broker, until_subscribed
 
 HEARTBEAT = 0.4
 
@@ -70,7 +70,7 @@ async def test_a_reader_receiving_events_gets_no_heartbeats() -> None:
         readers = [
             asyncio.create_task(arrivals(broker.session, opened, t, 2.0)) for t in ("sse", "ws")
         ]
-        await asyncio.sleep(0.2)
+        await until_subscribed(broker, opened, count=2)
         for n in range(16):  # an event every 0.1 s, well within every heartbeat interval
             async with broker.session.post(
                 opened["urls"]["messages"],

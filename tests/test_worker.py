@@ -127,15 +127,18 @@ async def test_leaving_the_block_by_cancellation_or_exit_tells_the_reader() -> N
     async with running_broker() as broker:
         cancelled, exited = await broker.open(), await broker.open()
 
+        wrote = asyncio.Event()
+
         async def backend() -> None:
             async with Channel.from_token(
                 cancelled["channel_token"], broker_url=broker.url
             ) as channel:
                 await channel.write("partial")
+                wrote.set()
                 await asyncio.sleep(60)  # cancelled here, e.g. because the request went away
 
         task = asyncio.create_task(backend())
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(wrote.wait(), 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -13,7 +13,15 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.engine.redis_layout import channel_keys
-from tests.support import TEST_SECRET, Broker, read, redis_settings, running_broker
+from tests.support import (
+    TEST_SECRET,
+    Broker,
+    read,
+    redis_settings,
+    running_broker,
+    until,
+    until_subscribed,
+)
 from worker import Channel, ChannelCancelled, ChannelEndedError, Pool, SyncChannel
 
 pytestmark = pytest.mark.usefixtures("no_worker_env")
@@ -29,6 +37,27 @@ async def cancel(broker: Broker, opened: dict[str, Any], reason: str | None = "s
     ) as response:
         assert response.status == 201, await response.text()
     return pressed
+
+
+async def until_watching(broker: Broker, options: dict[str, Any], opened: dict[str, Any]) -> None:
+    """Until the writer's cancel watch is live: its `?only=terminal` stream is a subscriber of
+    the broker (HTTP), or its connection is subscribed to the channel's pub/sub (Redis)."""
+    if "redis_url" not in options:
+        await until_subscribed(broker, opened)
+        return
+    admin = Redis.from_url(options["redis_url"])
+    live = channel_keys(options["redis_prefix"], opened["id"]).live
+
+    async def subscribed() -> bool:
+        # SSUBSCRIBE on Redis >= 7 (the scripts SPUBLISH), SUBSCRIBE before: either counts.
+        pairs = await admin.execute_command("PUBSUB SHARDNUMSUB", live)
+        pairs += await admin.execute_command("PUBSUB NUMSUB", live)
+        return any(int(count) >= 1 for _, count in pairs)
+
+    try:
+        await until(subscribed, "subscribed to the channel's pub/sub")
+    finally:
+        await admin.aclose()
 
 
 async def test_llm_writer_stops_within_100_ms_of_cancel(
@@ -73,7 +102,7 @@ async def test_a_silent_writer_learns_of_the_cancel_live(
         await channel.write("thinking...")
         assert not channel.cancelled
         waiter = asyncio.create_task(channel.wait_cancelled())
-        await asyncio.sleep(0.3)  # the watch is subscribed by now (pub/sub or SSE)
+        await until_watching(broker, options, opened)  # so the cancel is pushed, not read back
         assert not waiter.done()
         pressed = await cancel(broker, opened, None)
         assert await asyncio.wait_for(waiter, 5) is True

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from broker.config import Settings
 from broker.engine.redis_layout import channel_keys
 from tests.redis_server import RestartableRedis
-from tests.support import TEST_SECRET, Broker, read, running_broker
+from tests.support import TEST_SECRET, Broker, read, running_broker, until
 from worker import Channel, WriteFailedError
 
 pytestmark = pytest.mark.skipif(
@@ -129,19 +129,37 @@ async def test_readonly_replica_is_retried_until_promoted(
     replica.start()
     try:
         client = Redis.from_url(replica.url)
+        # Redis 7 delays a diskless full sync by 5 s (repl-diskless-sync-delay) to batch
+        # replicas; this test has one. The wait below is for the sync itself, not a guess at
+        # its length: a replica that had not synced would be promoted without the channel and
+        # the write would fail with "channel expired", which is not what is tested here.
+        primary_client = Redis.from_url(primary.url)
+        await primary_client.config_set("repl-diskless-sync-delay", 0)
+        await primary_client.aclose()
         await client.replicaof("127.0.0.1", primary.port)
         opened = await broker.open()
         meta = channel_keys("outage", opened["id"]).meta
-        for _ in range(100):  # the replica has the channel once it has synced
-            if await client.exists(meta):
-                break
-            await asyncio.sleep(0.05)
+
+        async def synced() -> bool:
+            return bool(await client.exists(meta))
+
+        await until(synced, "synced to the replica", timeout=30)
+
+        async def readonly_refusals() -> int:
+            return int(
+                (await client.info("errorstats")).get("errorstat_READONLY", {}).get("count", 0)
+            )
+
         # The worker is pointed at the replica, as after a failover that has not finished.
         writer = Channel.from_token(
             opened["channel_token"], **{**options, "redis_url": replica.url}
         )
         write = asyncio.create_task(writer.write("after the failover"))
-        await asyncio.sleep(1)  # READONLY answers, retried
+
+        async def retried() -> bool:  # refused with READONLY, and tried again, and again
+            return await readonly_refusals() >= 3
+
+        await until(retried, "refused three times", timeout=20)
         assert not write.done()
         await client.replicaof("NO", "ONE")  # promoted
         event_id = await asyncio.wait_for(write, 10)
