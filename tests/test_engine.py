@@ -956,3 +956,42 @@ async def test_engine_from_url_absorbs_bursts(redis_url: str) -> None:
         await engine.close()
     with pytest.raises(ValueError, match="decode_responses"):
         RedisEngine(Limits(), f"{redis_url}?decode_responses=True")
+
+
+async def test_a_reader_cancelled_mid_subscribe_leaves_the_feed_consistent(
+    redis_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that goes away while its SUBSCRIBE is being sent (the request handler is
+    cancelled) must not leave the pub/sub connection's confirmation queue out of step with what
+    was sent: that would attribute the next channel's confirmation to the abandoned one and hang
+    or starve the next reader, on any channel."""
+    backend = redis_backend
+    engine, recorder = await backend.engine()
+    assert isinstance(engine, RedisEngine)
+    for name in ("first", "abandoned", "next"):
+        await engine.create(name)
+    await engine.watch("first")  # the feed's connection exists and is subscribed
+    link = next(iter(engine.feed._links.values()))
+    conn: Any = link.conn
+    assert conn is not None
+    real_send = conn.send_command
+    gate = asyncio.Event()
+    sending = asyncio.Event()
+
+    async def slow_send(*args: Any, **kwargs: Any) -> None:
+        sending.set()
+        await gate.wait()  # the socket is slow to take the command
+        await real_send(*args, **kwargs)
+
+    monkeypatch.setattr(conn, "send_command", slow_send)
+    abandoned = asyncio.create_task(engine.watch("abandoned"))
+    await asyncio.wait_for(sending.wait(), 5)
+    abandoned.cancel()  # the reader disconnected
+    with contextlib.suppress(asyncio.CancelledError):
+        await abandoned
+    gate.set()
+    monkeypatch.setattr(conn, "send_command", real_send)
+
+    await asyncio.wait_for(engine.watch("next"), 5)
+    ids = (await backend.outside_append("next", msgs("after"))).ids
+    await until(lambda: recorder.ids("next") == ids)

@@ -424,6 +424,7 @@ class _Link:
         # so the head of this queue is what the next confirmation is about.
         self.pending: deque[tuple[bytes, bytes, _Watch | None]] = deque()
         self.send_lock = asyncio.Lock()
+        self.sends: set[asyncio.Future[None]] = set()  # (un)subscribes in flight
         # Subscriptions that need a catch-up once confirmed; until all are, messages are
         # buffered, since what was missed must be delivered before what comes live.
         self.catching: set[bytes] = set()
@@ -438,12 +439,25 @@ class _Link:
     async def add(self, watch: _Watch) -> None:
         self.watches[watch.live] = watch
         watch.link = self
-        await self._send(self.subscribe, [watch])
+        await self._send_to_the_end(self.subscribe, [watch])
 
     async def remove(self, watch: _Watch) -> None:
         if self.watches.get(watch.live) is watch:
             del self.watches[watch.live]
-            await self._send(self.unsubscribe, [watch])
+            await self._send_to_the_end(self.unsubscribe, [watch])
+
+    async def _send_to_the_end(self, kind: bytes, watches: Sequence[_Watch]) -> None:
+        """Send even when the reader that asked for it is cancelled meanwhile.
+
+        `pending` is appended before the command is written; a write abandoned half-way would
+        leave the queue (and maybe the wire) out of step with Redis's confirmations, and every
+        later confirmation on this connection would be pinned on the wrong channel, hanging the
+        next readers. The send is short and bounded by the connection's own timeouts.
+        """
+        task = asyncio.ensure_future(self._send(kind, watches))
+        self.sends.add(task)  # the loop keeps tasks only weakly
+        task.add_done_callback(self.sends.discard)
+        await asyncio.shield(task)
 
     async def _send(self, kind: bytes, watches: Sequence[_Watch]) -> None:
         async with self.send_lock:
